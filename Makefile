@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   builds the bundled sample corpus into build/sample/ and trains on it
+#   make test   runs the whole test suite
+# Both install what they need (a virtual environment in .venv/, Tesseract) and are safe to run twice.
+
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# torch and torchvision versions that install from this machine kind's local disk (see README).
+TORCH   := torch==2.14.1 torchvision==0.29.1
+
+SAMPLE_SRC := build/sample-src
+SAMPLE     := build/sample
+SAMPLE_RUN := build/sample-run
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@command -v tesseract >/dev/null 2>&1 || { \
+	  echo ">> installing tesseract-ocr"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr >/dev/null; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test,fast-ocr]'
+	@touch $(STAMP)
+
+demo: install
+	$(PY) data/make_sample_corpus.py --out $(SAMPLE_SRC)
+	cd . && $(VENV)/bin/luigi --module pipeline.tasks BuildDataset \
+	  --source archive --input $(SAMPLE_SRC) --output $(SAMPLE) --local-scheduler
+	$(VENV)/bin/cmkp-train --data $(SAMPLE) --config gen-cls-m3h-att --out $(SAMPLE_RUN) \
+	  --epochs 15 --seed 1 --device auto --allow-random-features
+	@$(PY) -m pipeline.summary $(SAMPLE) $(SAMPLE_RUN)
+
+test: install
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf build

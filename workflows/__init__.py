@@ -1,0 +1,1 @@
+"""Luigi workflows that run experiment suites (seeds, ablations, tables) on built datasets."""
