@@ -1,0 +1,131 @@
+"""Writing and reading the HDF5 shards described in docs/FORMAT.md (the contract with `model/`).
+
+This module is the one place that knows dataset names, dtypes and chunking. Writers are handed the
+path to write (a Luigi `temporary_path`), so a killed run never leaves a file that looks complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+
+from pipeline import __version__
+
+FORMAT_VERSION = 1
+STR = h5py.string_dtype(encoding="utf-8")
+
+# Always present: one entry per post.
+TEXT_COLUMNS: dict[str, Any] = {
+    "post_id": STR,
+    "text": STR,
+    "tokens": STR,
+    "keyphrases": STR,
+    "hashtags": STR,
+    "image_url": STR,
+    "image_sha256": STR,
+    "image_path": STR,
+    "image_present": np.bool_,
+    "image_size": np.int32,
+}
+
+# Feature groups: the datasets each group adds, with their dtypes.
+FEATURE_COLUMNS: dict[str, dict[str, Any]] = {
+    "ocr": {"ocr_raw": STR, "ocr_tokens": STR},
+    "attributes": {"attributes": STR, "attribute_scores": np.float32},
+    "vgg": {"vgg": np.float16},
+    "butd": {
+        "butd": np.float16,
+        "butd_boxes": np.float32,
+        "butd_num_boxes": np.int16,
+        "butd_objects": np.int16,
+        "butd_object_scores": np.float16,
+        "butd_attributes": np.int16,
+        "butd_attribute_scores": np.float16,
+    },
+}
+
+
+def column_dtype(name: str):
+    if name in TEXT_COLUMNS:
+        return TEXT_COLUMNS[name]
+    for columns in FEATURE_COLUMNS.values():
+        if name in columns:
+            return columns[name]
+    raise KeyError(f"{name!r} is not a dataset of the shard format (docs/FORMAT.md)")
+
+
+def _as_array(name: str, values) -> np.ndarray:
+    dtype = column_dtype(name)
+    if dtype is STR:
+        return np.array([str(v) for v in values], dtype=object)
+    return np.asarray(values, dtype=dtype)
+
+
+def write_shard(path: str | Path, columns: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+    """Write one shard. `columns` maps dataset names to per-post values (all of length N).
+
+    `attrs` must hold at least `split`, `shard_index` and `source`; `features` is derived from the
+    columns given; dict/list attribute values are stored as JSON.
+    """
+    missing = [c for c in TEXT_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(f"shard lacks required text datasets: {missing}")
+    lengths = {name: len(v) for name, v in columns.items()}
+    n = lengths["post_id"]
+    if any(length != n for length in lengths.values()):
+        raise ValueError(f"datasets differ in length: {lengths}")
+    features = [g for g, cols in FEATURE_COLUMNS.items() if all(c in columns for c in cols)]
+    partial = [g for g, cols in FEATURE_COLUMNS.items()
+               if g not in features and any(c in columns for c in cols)]
+    if partial:
+        raise ValueError(f"feature groups given only in part: {partial}")
+    with h5py.File(path, "w") as f:
+        for name, values in columns.items():
+            array = _as_array(name, values)
+            # One sample per chunk: random access through the model's loader reads exactly one chunk.
+            chunks = (1,) + array.shape[1:] if n and array.ndim > 1 else None
+            f.create_dataset(name, data=array, dtype=column_dtype(name), chunks=chunks)
+        base = {
+            "format_version": FORMAT_VERSION,
+            "pipeline_version": __version__,
+            "num_samples": n,
+            "features": features,
+            "random_weights": False,
+        }
+        for key, value in {**base, **attrs}.items():
+            f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
+
+
+def read_shard(path: str | Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Read whole datasets of a shard (strings decoded to str). For pipeline stages, not the model."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        for name in names or list(f.keys()):
+            ds = f[name]
+            out[name] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+    return out
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """Shard attributes with JSON values decoded."""
+    with h5py.File(path, "r") as f:
+        attrs = {}
+        for key, value in f.attrs.items():
+            if isinstance(value, bytes):
+                value = value.decode()
+            if isinstance(value, str) and value[:1] in "[{":
+                value = json.loads(value)
+            attrs[key] = value.item() if isinstance(value, np.generic) else value
+    return attrs
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
