@@ -88,7 +88,8 @@ def write_shard(path: str | Path, columns: Mapping[str, Any], attrs: Mapping[str
             array = _as_array(name, values)
             # One sample per chunk: random access through the model's loader reads exactly one chunk.
             chunks = (1,) + array.shape[1:] if n and array.ndim > 1 else None
-            f.create_dataset(name, data=array, dtype=column_dtype(name), chunks=chunks)
+            # track_times=False: the same input must give byte-identical shards.
+            f.create_dataset(name, data=array, dtype=column_dtype(name), chunks=chunks, track_times=False)
         base = {
             "format_version": FORMAT_VERSION,
             "pipeline_version": __version__,
