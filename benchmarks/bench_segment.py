@@ -1,0 +1,92 @@
+"""Hashtag segmentation accuracy and speed on the CMKP release, ours side by side with the baselines.
+
+    .venv/bin/python benchmarks/bench_segment.py --data ../shared/data/cmkp
+
+Inputs are the keyphrases of `valid_src.txt` with their spaces removed (`savehakeem`), expected outputs the
+keyphrases themselves (`save hakeem`). 2-fold cross-validation inside the split: fold k holds the posts whose
+0-based line index i has i % 2 == k. Statistics and learned mappings come from the other fold's file only
+(written to a temporary `*_src.txt` and passed through the same options as `cmkp-segment --stats-from/--learn-from`),
+scores are exact match on the fold's unique keyphrases and per keyphrase instance, averaged over both folds.
+Speed: hashtags per second over the fold's unique inputs with an empty memo, one thread.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from pipeline.segment import DEFAULT_MAPPING_FILE, build_segmenter, read_cmkp_src
+
+
+def wordsegment_alone():
+    import wordsegment
+
+    wordsegment.load()
+    return lambda hashtag: " ".join(wordsegment.segment(hashtag))
+
+
+METHODS = {
+    "wordsegment alone": lambda train: wordsegment_alone(),
+    "ekphrasis, web counts": lambda train: build_segmenter(mappings=()).segment,
+    "ekphrasis, web + tweet counts": lambda train: build_segmenter(stats_from=[train], lexicon_weight=0,
+                                                                   mappings=()).segment,
+    "ours (full method)": lambda train: build_segmenter(stats_from=[train], learn_from=[train],
+                                                        mappings=[DEFAULT_MAPPING_FILE]).segment,
+}
+
+
+def score(segment, keyphrases: list[str]) -> tuple[float, float, float, list[tuple[str, str]]]:
+    """(unique accuracy, instance accuracy, hashtags/s, errors) of a segment function on keyphrases."""
+    unique = sorted(set(keyphrases))
+    start = time.perf_counter()
+    output = {k: segment(k.replace(" ", "")) for k in unique}
+    rate = len(unique) / (time.perf_counter() - start)
+    errors = [(k, output[k]) for k in unique if output[k] != k]
+    counts = Counter(keyphrases)
+    instance_correct = sum(n for k, n in counts.items() if output[k] == k)
+    return 1 - len(errors) / len(unique), instance_correct / len(keyphrases), rate, errors
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/cmkp", help="directory holding valid_src.txt")
+    parser.add_argument("--show-errors", type=int, default=0, help="print this many errors of ours per fold")
+    args = parser.parse_args()
+    source = Path(args.data) / "valid_src.txt"
+    if not source.exists():
+        print(f"skipped: {source} not found (the CMKP release is not on this machine)")
+        return 0
+    import torch
+
+    torch.set_num_threads(1)
+    lines = [line for line in source.read_text(encoding="utf-8").split("\n") if line]
+    posts = read_cmkp_src(source)
+    results = {name: [] for name in METHODS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fold in (0, 1):
+            train = Path(tmp) / f"fold{fold}_train_src.txt"
+            train.write_text("".join(line + "\n" for i, line in enumerate(lines) if i % 2 != fold),
+                             encoding="utf-8")
+            scored = [k for i, (_, ks) in enumerate(posts) if i % 2 == fold for k in ks]
+            for name, make in METHODS.items():
+                start = time.perf_counter()
+                segment = make(train)
+                build_s = time.perf_counter() - start
+                unique_acc, instance_acc, rate, errors = score(segment, scored)
+                results[name].append((unique_acc, instance_acc, rate, build_s))
+                if name.startswith("ours") and args.show_errors:
+                    for expected, got in errors[:args.show_errors]:
+                        print(f"fold {fold}: {expected!r:40} got {got!r}")
+    print(f"{len(posts)} posts, 2-fold CV by line index parity; exact match, mean of the folds")
+    print(f"{'method':32} {'unique':>8} {'instance':>9} {'hashtags/s':>11} {'build s':>8}")
+    for name, rows in results.items():
+        mean = [sum(column) / len(rows) for column in zip(*rows)]
+        print(f"{name:32} {mean[0]:8.2%} {mean[1]:9.2%} {mean[2]:11.0f} {mean[3]:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Hashtag segmentation: `#SaveHakeem` -> `save hakeem`.
+
+The paper segments hashtags with ekphrasis's segmenter (a Viterbi search over unigram/bigram word counts).
+ekphrasis downloads its statistics on first use, which is not possible here, so the counts are built offline:
+
+* web counts: the Google web unigram/bigram counts that the `wordsegment` package ships in its wheel;
+* corpus counts: words and word pairs of the posts being processed (and, for a CMKP `*_src.txt`, its already
+  segmented keyphrases), rescaled so that the corpus weighs `corpus_weight` times the web counts;
+* a keyphrase lexicon: words of already segmented keyphrases get an extra boost (hashtag vocabulary differs
+  from running text: fandom names, event names).
+
+The counts are handed to ekphrasis's `Segmenter` in memory (`_CountsSegmenter` below), so nothing is read from
+or written to `~/.ekphrasis` and nothing is ever downloaded.
+
+Order of precedence for one hashtag: the manual mapping list (`data/hashtag_segmentation.tsv`, curated by hand)
+always wins, then learned mappings (keyphrases seen segmented in a `--learn-from` corpus), then the Viterbi
+search, run separately on each CamelCase part where the hashtag has mixed case.
+"""
+from __future__ import annotations
+
+import math
+import re
+import sys
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import click
+
+DEFAULT_MAPPING_FILE = Path(__file__).resolve().parent.parent / "data" / "hashtag_segmentation.tsv"
+CMKP_SEP = "<sep>"
+# ekphrasis joins bigram keys with "_" (ekphrasis.classes.segmenter.NGRAM_SEP)
+NGRAM_SEP = "_"
+# placeholders of preprocessed text (<user>, <url>, <number>, ...) are not words
+PLACEHOLDER = re.compile(r"<[a-z_]+>")
+WORD = re.compile(r"[a-z0-9]+")
+# CamelCase parts: an acronym before a capitalised word (BTSArmy -> BTS, Army), a capitalised or lowercase
+# word, an all-caps run, a number
+CAMEL_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# word statistics
+
+
+@lru_cache(maxsize=1)
+def web_counts() -> tuple[dict[str, int], dict[str, int]]:
+    """Unigram and bigram counts of the Google web corpus shipped inside the `wordsegment` wheel (read once)."""
+    import wordsegment
+
+    root = Path(wordsegment.__file__).parent
+    unigrams: dict[str, int] = {}
+    with open(root / "unigrams.txt", encoding="utf-8") as f:
+        for line in f:
+            word, count = line.split("\t")
+            unigrams[word] = int(count)
+    bigrams: dict[str, int] = {}
+    with open(root / "bigrams.txt", encoding="utf-8") as f:
+        for line in f:
+            pair, count = line.split("\t")
+            bigrams[pair.replace(" ", NGRAM_SEP)] = int(count)
+    return unigrams, bigrams
+
+
+def text_words(text: str) -> list[str]:
+    """Lowercase alphanumeric words of a raw or tokenized text, placeholders dropped."""
+    return WORD.findall(PLACEHOLDER.sub(" ", text.lower()))
+
+
+def count_words(texts: Iterable[str]) -> tuple[Counter, Counter]:
+    """Unigram and bigram (ekphrasis key format `a_b`) counts of texts."""
+    unigrams: Counter = Counter()
+    bigrams: Counter = Counter()
+    for text in texts:
+        words = text_words(text)
+        unigrams.update(words)
+        bigrams.update(a + NGRAM_SEP + b for a, b in zip(words, words[1:]))
+    return unigrams, bigrams
+
+
+def is_cmkp_src(path: Path) -> bool:
+    """A CMKP release `*_src.txt` (`text<sep>kp1;kp2<sep>url` per line), judged by its first line."""
+    with open(path, encoding="utf-8") as f:
+        return f.readline().count(CMKP_SEP) == 2
+
+
+def read_cmkp_src(path: Path) -> list[tuple[str, list[str]]]:
+    """(post text, keyphrases) per line of a CMKP `*_src.txt`; a malformed line is an error naming it."""
+    posts = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            fields = line.split(CMKP_SEP)
+            if len(fields) != 3:
+                raise ValueError(f"{path}:{number}: expected text{CMKP_SEP}keyphrases{CMKP_SEP}url, "
+                                 f"got {len(fields)} fields")
+            keyphrases = [" ".join(k.split()) for k in fields[1].split(";") if k.strip()]
+            posts.append((fields[0], keyphrases))
+    return posts
+
+
+def read_corpus(path: Path) -> tuple[list[str], list[str]]:
+    """(texts, segmented keyphrases) of a corpus file: a CMKP `*_src.txt` or plain text (one post per line)."""
+    path = Path(path)
+    if is_cmkp_src(path):
+        posts = read_cmkp_src(path)
+        return [text for text, _ in posts], [k for _, keyphrases in posts for k in keyphrases]
+    with open(path, encoding="utf-8") as f:
+        return [line for line in f if line.strip()], []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# mappings
+
+
+def mapping_key(hashtag: str) -> str:
+    """The lookup key of a hashtag: without `#`, lowercase, nothing but letters and digits."""
+    return "".join(WORD.findall(hashtag.lower()))
+
+
+def read_mapping_file(path: Path) -> dict[str, str]:
+    """A TSV of `hashtag<TAB>segmentation`; lines starting with `# ` are comments.
+
+    The segmentation must spell the hashtag (same letters and digits in order); anything else is an error that
+    names the line, so a typo cannot silently change a hashtag into another.
+    """
+    mapping = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip() or line.startswith("# "):
+                continue
+            fields = line.split("\t")
+            if len(fields) != 2:
+                raise ValueError(f"{path}:{number}: expected hashtag<TAB>segmentation, got {line!r}")
+            key, words = mapping_key(fields[0]), text_words(fields[1])
+            if not key or "".join(words) != key:
+                raise ValueError(f"{path}:{number}: segmentation {fields[1]!r} does not spell {fields[0]!r}")
+            mapping[key] = " ".join(words)
+    return mapping
+
+
+def learn_mappings(keyphrases: Iterable[str]) -> dict[str, str]:
+    """Mapping entries from already segmented keyphrases: key = keyphrase without spaces.
+
+    Where one key was segmented several ways (`spiderman` / `spider man`), the most frequent one wins
+    (ties: the first seen).
+    """
+    seen: dict[str, Counter] = {}
+    for keyphrase in keyphrases:
+        words = text_words(keyphrase)
+        if words:
+            seen.setdefault("".join(words), Counter())[" ".join(words)] += 1
+    return {key: counts.most_common(1)[0][0] for key, counts in seen.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the segmenter
+
+
+def _ekphrasis_segmenter_class():
+    from ekphrasis.classes.exmanager import ExManager
+    from ekphrasis.classes.segmenter import Pdist, Segmenter
+
+    class _CountsSegmenter(Segmenter):
+        """ekphrasis's Viterbi segmenter over counts given in memory.
+
+        `Segmenter.__init__` reads `~/.ekphrasis/stats/<corpus>/` and downloads the stats when it is missing;
+        this sets the same attributes from the given counts instead. `find_segment` is the same recursion
+        with a memo per call (ekphrasis's class-level `lru_cache` would keep every instance alive).
+        """
+
+        def __init__(self, unigrams: dict[str, int], bigrams: dict[str, int], max_split_length: int = 20):
+            self.unigrams = unigrams
+            self.bigrams = bigrams
+            self.N = sum(unigrams.values())
+            self.L = max_split_length
+            self.Pw = Pdist(unigrams, self.N, self.unk_probability)
+            self.P2w = Pdist(bigrams, self.N)
+            self.case_split = ExManager().get_compiled()["camel_split"]
+
+        def find_segment(self, text, prev="<S>"):
+            memo: dict[tuple[str, str], tuple[float, list[str]]] = {}
+
+            def best(text: str, prev: str) -> tuple[float, list[str]]:
+                if not text:
+                    return 0.0, []
+                if (text, prev) not in memo:
+                    memo[text, prev] = max(
+                        self.combine((math.log10(self.condProbWord(first, prev)), first), best(rem, first))
+                        for first, rem in self.splits(text))
+                return memo[text, prev]
+
+            return best(text, prev)
+
+    return _CountsSegmenter
+
+
+class HashtagSegmenter:
+    """`segment(hashtag)` -> lowercase words joined by single spaces (memoised per distinct input)."""
+
+    def __init__(self, viterbi, mappings: Mapping[str, str], memo_size: int = 1 << 18):
+        self.viterbi = viterbi
+        self.mappings = dict(mappings)
+        self.segment = lru_cache(maxsize=memo_size)(self._segment)
+
+    def _segment(self, hashtag: str) -> str:
+        key = mapping_key(hashtag)
+        if key in self.mappings:
+            return self.mappings[key]
+        body = hashtag.strip().lstrip("#")
+        words: list[str] = []
+        # underscores and other punctuation separate words; CamelCase only where the chunk has mixed case
+        for chunk in re.findall(r"[A-Za-z0-9]+", body):
+            mixed_case = chunk != chunk.lower() and chunk != chunk.upper()
+            for part in (CAMEL_PART.findall(chunk) if mixed_case else [chunk]):
+                part = part.lower()
+                words.extend(self.mappings[part].split() if part in self.mappings
+                             else self.viterbi.find_segment(part)[1])
+        return " ".join(words)
+
+
+def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str | Path] = (),
+                    learn_from: Iterable[str | Path] = (), mappings: Iterable[str | Path] = (DEFAULT_MAPPING_FILE,),
+                    corpus_weight: float = 1.0, lexicon_weight: float = 1.0) -> HashtagSegmenter:
+    """A hashtag segmenter over web counts mixed with corpus counts.
+
+    corpus_texts: raw or tokenized post texts whose words are mixed into the statistics.
+    stats_from: corpus files (plain text, or CMKP `*_src.txt` whose keyphrases also feed the lexicon).
+    learn_from: CMKP `*_src.txt` files whose segmented keyphrases become mapping entries.
+    mappings: TSV files of hand-curated entries; they win over everything (later files over earlier ones).
+    corpus_weight: total weight of the corpus counts relative to the web counts' total.
+    lexicon_weight: total weight of the keyphrase lexicon relative to the web counts' total.
+    """
+    texts = list(corpus_texts)
+    keyphrases: list[str] = []
+    for path in stats_from:
+        file_texts, file_keyphrases = read_corpus(Path(path))
+        texts += file_texts
+        keyphrases += file_keyphrases
+    learned: dict[str, str] = {}
+    for path in learn_from:
+        learned.update(learn_mappings(k for _, ks in read_cmkp_src(Path(path)) for k in ks))
+    manual: dict[str, str] = {}
+    for path in mappings:
+        manual.update(read_mapping_file(Path(path)))
+
+    web_unigrams, web_bigrams = web_counts()
+    web_total = sum(web_unigrams.values())
+    unigrams = dict(web_unigrams)
+    bigrams = dict(web_bigrams)
+    # corpus counts and keyphrase counts are rescaled to a share of the web total; a keyphrase's bigrams
+    # tell how hashtags split, so they go into the bigram table with the same scale
+    for source, weight in ((count_words(texts), corpus_weight), (count_words(keyphrases), lexicon_weight)):
+        source_unigrams, source_bigrams = source
+        source_total = sum(source_unigrams.values())
+        if not source_total or weight <= 0:
+            continue
+        scale = weight * web_total / source_total
+        for word, count in source_unigrams.items():
+            unigrams[word] = unigrams.get(word, 0) + round(count * scale)
+        for pair, count in source_bigrams.items():
+            bigrams[pair] = bigrams.get(pair, 0) + round(count * scale)
+
+    viterbi = _ekphrasis_segmenter_class()(unigrams, bigrams)
+    return HashtagSegmenter(viterbi, {**learned, **manual})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# command line
+
+
+@click.command()
+@click.option("--stats-from", "stats_from", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Text corpus (one post per line) or CMKP *_src.txt whose word counts join the statistics.")
+@click.option("--learn-from", "learn_from", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="CMKP *_src.txt whose segmented keyphrases become mapping entries.")
+@click.option("--mapping", "mapping_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="TSV of hashtag<TAB>segmentation, applied after the project's own list.")
+def main(stats_from, learn_from, mapping_files):
+    """Segment hashtags read one per line on stdin (`#` optional, any case); one segmentation per line out."""
+    segmenter = build_segmenter(stats_from=stats_from, learn_from=learn_from,
+                                mappings=(DEFAULT_MAPPING_FILE, *mapping_files))
+    for line in sys.stdin:
+        sys.stdout.write(segmenter.segment(line.strip()) + "\n")
+
+
+if __name__ == "__main__":
+    main()
