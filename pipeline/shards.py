@@ -118,7 +118,7 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
         for key, value in f.attrs.items():
             if isinstance(value, bytes):
                 value = value.decode()
-            if isinstance(value, str) and value[:1] in "[{":
+            if isinstance(value, str) and value.startswith(("[", "{")):
                 value = json.loads(value)
             attrs[key] = value.item() if isinstance(value, np.generic) else value
     return attrs
@@ -130,3 +130,28 @@ def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
         while chunk := f.read(block):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_feature_shard(path: str | Path, group: str, post_ids, columns: Mapping[str, Any],
+                        attrs: Mapping[str, Any]) -> None:
+    """Write one feature group's work shard (`OUT/work/<group>/{split}/shard-NNNNN.h5`).
+
+    It holds `post_id` (to check alignment with the text shard it was computed from), exactly the group's
+    datasets, and the group's provenance attributes (`<group>_weights`, `<group>_meta`, ...; see the table
+    above), which the assembled shard carries over.
+    """
+    expected = set(FEATURE_COLUMNS[group])
+    if set(columns) != expected:
+        raise ValueError(f"feature group {group!r} needs exactly {sorted(expected)}, got {sorted(columns)}")
+    n = len(post_ids)
+    if any(len(values) != n for values in columns.values()):
+        raise ValueError(f"feature shard {group!r}: datasets differ in length from post_id ({n})")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("post_id", data=_as_array("post_id", post_ids), dtype=STR, track_times=False)
+        for name, values in columns.items():
+            array = _as_array(name, values)
+            chunks = (1,) + array.shape[1:] if n and array.ndim > 1 else None
+            f.create_dataset(name, data=array, dtype=column_dtype(name), chunks=chunks, track_times=False)
+        f.attrs["feature_group"] = group
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value

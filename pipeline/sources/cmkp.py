@@ -1,0 +1,89 @@
+"""The CMKP release format (Wang et al. 2020, github.com/yuewang-cuhk/CMKP).
+
+A release directory holds per split `{split}_src.txt` (`post tokens<sep>kp1;kp2;...<sep>image_url`, one post
+per line) and optionally the line-aligned `{split}_ocr.txt` (raw Tesseract text), `{split}_ocr_final.txt`
+(cleaned OCR tokens) and `{split}_attribute_cleaned.txt` (top-5 image attributes). Its text is already
+tokenized, its keyphrases already segmented and its splits fixed: records are carried as they are.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.report import StageLog
+
+SPLITS = ("train", "valid", "test")
+SEP = "<sep>"
+# Feature group of the shard format -> release files carrying it (dataset name -> file suffix).
+RELEASE_FEATURES = {
+    "ocr": {"ocr_raw": "ocr", "ocr_tokens": "ocr_final"},
+    "attributes": {"attributes": "attribute_cleaned"},
+}
+
+
+def release_splits(directory: str | Path) -> list[str]:
+    """Splits present in a release directory, in train/valid/test order."""
+    directory = Path(directory)
+    splits = [s for s in SPLITS if (directory / f"{s}_src.txt").is_file()]
+    if not splits:
+        raise FileNotFoundError(f"{directory} holds no CMKP release file ({', '.join(s + '_src.txt' for s in SPLITS)})")
+    return splits
+
+
+def release_feature_groups(directory: str | Path, split: str) -> list[str]:
+    """Feature groups the release carries for a split: a group counts if any of its files is present."""
+    directory = Path(directory)
+    return [group for group, files in RELEASE_FEATURES.items()
+            if any((directory / f"{split}_{suffix}.txt").is_file() for suffix in files.values())]
+
+
+def _read_lines(path: Path) -> list[str]:
+    # newline="\n": a stray carriage return inside a line must not split the line and break the alignment.
+    with open(path, encoding="utf-8", newline="\n") as f:
+        return [line.rstrip("\n").rstrip("\r") for line in f]
+
+
+def read_release(directory: str | Path, log: StageLog) -> Iterator[dict]:
+    """Yield one record per usable line of every split; malformed lines are rejected into `log`.
+
+    Record ids are `cmkp-{split}-{line}` with the 0-based line index in `{split}_src.txt`.
+    """
+    directory = Path(directory)
+    for split in release_splits(directory):
+        src = _read_lines(directory / f"{split}_src.txt")
+        extra: dict[str, list[str]] = {}
+        for group in release_feature_groups(directory, split):
+            for column, suffix in RELEASE_FEATURES[group].items():
+                path = directory / f"{split}_{suffix}.txt"
+                lines = _read_lines(path) if path.is_file() else [""] * len(src)
+                if len(lines) != len(src):
+                    # Misaligned side files would attach one post's OCR to another: refuse outright.
+                    raise ValueError(f"{path} has {len(lines)} lines but {split}_src.txt has {len(src)}")
+                extra[column] = lines
+        for index, line in enumerate(src):
+            record_id = f"cmkp-{split}-{index}"
+            fields = line.split(SEP)
+            if len(fields) != 3:
+                log.reject(record_id, "malformed_line", f"expected 3 fields separated by {SEP}, got {len(fields)}")
+                continue
+            text, keyphrase_field, image_url = (field.strip() for field in fields)
+            keyphrases = [" ".join(kp.split()) for kp in keyphrase_field.split(";") if kp.strip()]
+            if not text:
+                log.reject(record_id, "empty_text", "")
+                continue
+            if not keyphrases:
+                log.reject(record_id, "no_keyphrase", keyphrase_field)
+                continue
+            log.keep()
+            record = {
+                "id": record_id,
+                "split": split,
+                "text": text,
+                "tokens": " ".join(text.split()),
+                "keyphrases": keyphrases,
+                "hashtags": [],
+                "image_url": image_url,
+            }
+            record.update({column: " ".join(lines[index].split()) if column != "ocr_raw" else lines[index].strip()
+                           for column, lines in extra.items()})
+            yield record

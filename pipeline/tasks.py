@@ -1,0 +1,234 @@
+"""The pipeline's entry module: `luigi --module pipeline.tasks BuildDataset --source S --input I --output OUT`.
+
+BuildDataset -> SplitManifest(split) -> AssembleShard(split, i) -> TextShard(split, i)  (pipeline.text_tasks)
+                                                               -> one work shard per feature group
+                -> Vocabulary, Report
+
+Feature groups plug in through `FEATURE_TASKS`: a group name mapped to a `ShardTask` class whose output is
+`OUT/work/<group>/{split}/shard-NNNNN.h5`, written with `pipeline.shards.write_feature_shard` from the text
+shard of the same split and index. `AssembleShard` joins the text shard and the requested groups' work shards
+into the final `OUT/{split}/shard-NNNNN.h5`. A CMKP release carries its own `ocr` and `attributes`, which
+take the place of computed ones for that source.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import luigi
+
+from pipeline import __version__, shards
+from pipeline.report import check_counts, iter_rejects, load_counts
+from pipeline.sources import SOURCES
+from pipeline.text_tasks import (  # noqa: F401  (re-exported: luigi --module pipeline.tasks finds every task)
+    CrawlTweets, DatasetTask, ReleaseFeatureShard, ShardTask, SplitPosts, StageTask, TextShard,
+    chain_parameters, read_jsonl, read_plan, shard_name,
+)
+
+# Feature group -> task class (a ShardTask) that computes its work shard; filled in by the image stages.
+FEATURE_TASKS: dict[str, type[ShardTask]] = {}
+
+
+def feature_groups(dataset: dict, split: str, requested) -> list[str]:
+    """Groups a split's final shards hold: those requested plus those a CMKP release carries, in format order."""
+    groups = set(requested)
+    if dataset["source"] == "cmkp":
+        from pipeline.sources.cmkp import release_feature_groups
+        groups |= set(release_feature_groups(dataset["input_path"], split))
+    unknown = groups - set(shards.FEATURE_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown feature groups {sorted(unknown)}; known: {list(shards.FEATURE_COLUMNS)}")
+    return [g for g in shards.FEATURE_COLUMNS if g in groups]
+
+
+def feature_task(group: str, dataset: dict, split: str, shard_index: int) -> ShardTask:
+    if dataset["source"] == "cmkp":
+        from pipeline.sources.cmkp import release_feature_groups
+        if group in release_feature_groups(dataset["input_path"], split):
+            return ReleaseFeatureShard(**dataset, split=split, shard_index=shard_index, group=group)
+    if group not in FEATURE_TASKS:
+        raise ValueError(f"no task computes feature group {group!r} (registered: {sorted(FEATURE_TASKS)})")
+    return FEATURE_TASKS[group](**dataset, split=split, shard_index=shard_index)
+
+
+class AssembleShard(ShardTask):
+    """A final shard `OUT/{split}/shard-NNNNN.h5`: the text shard plus each feature group's work shard."""
+
+    features = luigi.ListParameter(default=[])
+
+    def requires(self):
+        deps = {"text": TextShard(**self.dataset(), split=self.split, shard_index=self.shard_index)}
+        for group in feature_groups(self.dataset(), self.split, self.features):
+            deps[group] = feature_task(group, self.dataset(), self.split, self.shard_index)
+        return deps
+
+    def output(self):
+        return luigi.LocalTarget(str(self.path(self.split, shard_name(self.shard_index))))
+
+    def run(self):
+        inputs = self.input()
+        columns = shards.read_shard(inputs["text"].path, list(shards.TEXT_COLUMNS))
+        attrs = {"split": self.split, "shard_index": self.shard_index, "source": self.source,
+                 "parameters": chain_parameters(self), "random_weights": False}
+        groups = [g for g in inputs if g != "text"]
+        for done, group in enumerate(groups):
+            path = inputs[group].path
+            part = shards.read_shard(path)
+            if part.pop("post_id").tolist() != columns["post_id"].tolist():
+                raise RuntimeError(f"{path} is not aligned with its text shard {inputs['text'].path}")
+            columns.update(part)
+            group_attrs = shards.read_attrs(path)
+            group_attrs.pop("feature_group", None)
+            attrs["random_weights"] = bool(attrs["random_weights"] or group_attrs.pop("random_weights", False))
+            attrs.update(group_attrs)
+            self.set_progress_percentage(int(100 * (done + 1) / (len(groups) + 1)))
+        with self.output().temporary_path() as tmp:
+            shards.write_shard(tmp, columns, attrs)
+        self.set_progress_percentage(100)
+
+
+class SplitManifest(DatasetTask):
+    """`OUT/{split}/manifest.json`: counts and the shard list (sha256, num_samples) of one split."""
+
+    split = luigi.ChoiceParameter(choices=("train", "valid", "test"))
+    features = luigi.ListParameter(default=[])
+
+    def requires(self):
+        return SplitPosts(**self.dataset())
+
+    def output(self):
+        return luigi.LocalTarget(str(self.path(self.split, "manifest.json")))
+
+    def run(self):
+        n_shards = read_plan(self.dataset_dir)["splits"][self.split]["shards"]
+        # Dynamic dependencies: the number of shards is known only once SplitPosts has run.
+        targets = yield [AssembleShard(**self.dataset(), split=self.split, shard_index=i, features=self.features)
+                         for i in range(n_shards)]
+        entries, posts, with_image, with_ocr = [], 0, 0, 0
+        for i, target in enumerate(targets):
+            data = shards.read_shard(target.path, ["image_present"])
+            attrs = shards.read_attrs(target.path)
+            posts += int(attrs["num_samples"])
+            with_image += int(data["image_present"].sum())
+            if "ocr" in attrs["features"]:
+                with_ocr += sum(1 for t in shards.read_shard(target.path, ["ocr_tokens"])["ocr_tokens"] if t)
+            entries.append({"file": Path(target.path).name, "num_samples": int(attrs["num_samples"]),
+                            "sha256": shards.sha256_file(target.path), "features": attrs["features"]})
+            self.set_progress_percentage(int(100 * (i + 1) / max(n_shards, 1)))
+        manifest = {"format_version": shards.FORMAT_VERSION, "split": self.split, "source": self.source,
+                    "posts": posts, "with_image": with_image, "with_ocr": with_ocr, "shards": entries}
+        with self.output().temporary_path() as tmp:
+            Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+class Vocabulary(DatasetTask):
+    """`OUT/vocab.json`: word counts of the train split (post tokens, keyphrase words, OCR tokens), each by
+    descending count with ties in first-seen order (the order the authors' vocabulary uses)."""
+
+    def requires(self):
+        return SplitPosts(**self.dataset())
+
+    def output(self):
+        return luigi.LocalTarget(str(self.path("vocab.json")))
+
+    def run(self):
+        tokens, keyphrase_words, ocr_tokens = Counter(), Counter(), Counter()
+        train = Path(self.input().path, "train.jsonl")
+        n = 0
+        if train.exists():
+            for record in read_jsonl(train):
+                n += 1
+                tokens.update(record["tokens"].split())
+                for keyphrase in record["keyphrases"]:
+                    keyphrase_words.update(keyphrase.split())
+                ocr_tokens.update(record.get("ocr_tokens", "").split())
+        vocab = {"split": "train", "posts": n, "tokens": dict(tokens.most_common()),
+                 "keyphrase_words": dict(keyphrase_words.most_common()), "ocr_tokens": dict(ocr_tokens.most_common())}
+        with self.output().temporary_path() as tmp:
+            Path(tmp).write_text(json.dumps(vocab, ensure_ascii=False, indent=0) + "\n")
+
+
+class Report(DatasetTask):
+    """`OUT/report.json` (counts per stage, reconciled) and `OUT/rejects.jsonl` (every rejection, all stages)."""
+
+    def requires(self):
+        return SplitPosts(**self.dataset())
+
+    def output(self):
+        return luigi.LocalTarget(str(self.path("report.json")))
+
+    def stage_tasks(self) -> list[StageTask]:
+        """The stages upstream of the split, in pipeline order."""
+        stages, task = [], self.requires()
+        while True:
+            deps = luigi.task.flatten(task.requires())
+            stage_deps = [d for d in deps if isinstance(d, StageTask)]
+            if not stage_deps:
+                break
+            task = stage_deps[0]
+            stages.append(task)
+        return stages[::-1]
+
+    def run(self):
+        stages = {}
+        rejects_target = luigi.LocalTarget(str(self.path("rejects.jsonl")))
+        with rejects_target.temporary_path() as tmp, open(tmp, "w", encoding="utf-8") as out:
+            for task in self.stage_tasks():
+                directory = task.output().path
+                counts = load_counts(directory)
+                check_counts(task.stage, counts)
+                stages[task.stage] = counts
+                for reject in iter_rejects(directory):
+                    out.write(json.dumps(reject, ensure_ascii=False) + "\n")
+        plan = read_plan(self.dataset_dir)
+        report = {"source": self.source, "stages": stages,
+                  "splits": {s: v["posts"] for s, v in plan["splits"].items()}}
+        with self.output().temporary_path() as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
+
+
+class BuildDataset(luigi.Task):
+    """The whole dataset in `--output`: final shards and manifests per split, vocab, rejects and report.
+
+    `OUT/manifest.json` is written last: it exists only when everything else is complete.
+    """
+
+    source = luigi.ChoiceParameter(choices=SOURCES, description="archive, api, ids or cmkp")
+    input = luigi.Parameter(description="archive directory, id file, query or CMKP release directory")
+    output = luigi.Parameter(description="the dataset directory")
+    features = luigi.ListParameter(default=[], description="feature groups to compute, e.g. [\"ocr\", \"vgg\"]")
+
+    def dataset(self) -> dict:
+        return {"source": self.source, "input_path": self.input, "dataset_dir": self.output}
+
+    def manifest_target(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(str(Path(self.output, "manifest.json")))
+
+    # `output` is the --output parameter here, so completeness is decided by the manifest directly.
+    def complete(self):
+        return self.manifest_target().exists()
+
+    def requires(self):
+        return {"split": SplitPosts(**self.dataset()), "vocab": Vocabulary(**self.dataset()),
+                "report": Report(**self.dataset())}
+
+    def run(self):
+        plan = read_plan(self.output)
+        splits = list(plan["splits"])
+        manifests = yield {s: SplitManifest(**self.dataset(), split=s, features=self.features) for s in splits}
+        files = []
+        for name in ("vocab.json", "report.json", "rejects.jsonl"):
+            files.append({"file": name, "sha256": shards.sha256_file(Path(self.output, name))})
+        split_counts = {}
+        for split in splits:
+            manifest = json.loads(Path(manifests[split].path).read_text())
+            split_counts[split] = {k: manifest[k] for k in ("posts", "with_image", "with_ocr")}
+            files.append({"file": f"{split}/manifest.json", "sha256": shards.sha256_file(manifests[split].path)})
+            files.extend({"file": f"{split}/{e['file']}", "sha256": e["sha256"], "num_samples": e["num_samples"]}
+                         for e in manifest["shards"])
+        manifest = {"format_version": shards.FORMAT_VERSION, "pipeline_version": __version__,
+                    "source": self.source, "input": self.input, "features": list(self.features),
+                    "parameters": plan["parameters"], "splits": split_counts, "files": files}
+        with self.manifest_target().temporary_path() as tmp:
+            Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n")

@@ -1,0 +1,288 @@
+"""The text half of the pipeline as Luigi tasks: posts in, text shards `OUT/work/text/{split}/shard-NNNNN.h5` out.
+
+Stages (each its own task, each output written to a temporary path and renamed, so a file or directory that
+exists is complete; a rerun after a failure or a kill redoes only what is missing):
+
+    CrawlTweets -> SplitPosts -> TextShard(split, shard_index)                         (source cmkp)
+    CrawlTweets -> FetchImages -> CleanPosts -> TokenizePosts -> FilterHashtags -> SplitPosts -> TextShard
+                                                                                     (archive, api, ids)
+
+A stage directory `OUT/work/<stage>/` holds `posts.jsonl` (the records kept, one JSON object per line),
+`rejects.jsonl` and `counts.json` (see `pipeline.report`). `SplitPosts` writes `OUT/work/split/{split}.jsonl`
+and `plan.json` (posts and shards per split); `text_shard_paths()` enumerates a split's text shards from it, so
+feature stages can require `TextShard(..., split=s, shard_index=i)` for each.
+
+A post record, as it reaches the text shards:
+    id, split, text, tokens (str), keyphrases (list of str), hashtags (list of str), image_url, image_sha256,
+    image_path, image_present (bool), image_size ([w, h]); CMKP records also carry ocr_raw, ocr_tokens, attributes.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import luigi
+
+from pipeline import shards
+from pipeline.report import StageLog
+from pipeline.sources import SOURCES
+
+SPLITS = ("train", "valid", "test")
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
+
+
+@contextmanager
+def atomic_directory(target: luigi.LocalTarget):
+    """A temporary directory renamed to `target` on success and removed on failure."""
+    with target.temporary_path() as tmp:
+        os.makedirs(tmp)
+        try:
+            yield Path(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def shard_name(shard_index: int) -> str:
+    return f"shard-{shard_index:05d}.h5"
+
+
+def chain_parameters(task: luigi.Task) -> dict:
+    """Significant parameters of a task and of everything it requires, per task family (provenance).
+
+    `dataset_dir` is left out: where a dataset was written does not change its content, and the same input
+    must give byte-identical shards wherever they are built.
+    """
+    seen: dict[str, list[dict]] = {}
+
+    def walk(t: luigi.Task) -> None:
+        params = {k: v for k, v in t.to_str_params(only_significant=True).items() if k != "dataset_dir"}
+        if params not in seen.setdefault(t.task_family, []):
+            seen[t.task_family].append(params)
+        for dep in luigi.task.flatten(t.requires()):
+            walk(dep)
+
+    walk(task)
+    # One entry per task family; a list where it ran with several parameter sets (e.g. one per feature group).
+    return {family: runs[0] if len(runs) == 1 else runs for family, runs in sorted(seen.items())}
+
+
+class DatasetTask(luigi.Task):
+    """Parameters every stage shares: where posts come from and which dataset directory they go to."""
+
+    source = luigi.ChoiceParameter(choices=SOURCES, description="archive, api, ids or cmkp")
+    # Not `input`/`output`: those names are Luigi's methods (BuildDataset's --input/--output map onto these).
+    input_path = luigi.Parameter(description="archive directory, id file, query or CMKP release directory")
+    dataset_dir = luigi.Parameter(description="the dataset directory (BuildDataset's --output)")
+
+    def dataset(self) -> dict:
+        return {"source": self.source, "input_path": self.input_path, "dataset_dir": self.dataset_dir}
+
+    def path(self, *parts: str) -> Path:
+        return Path(self.dataset_dir, *parts)
+
+
+class StageTask(DatasetTask):
+    """A stage that reads records and keeps or rejects each: output `OUT/work/<stage>/`."""
+
+    stage: str = ""
+
+    def output(self):
+        return luigi.LocalTarget(str(self.path("work", self.stage)))
+
+    def upstream_records(self) -> Iterator[dict]:
+        return read_jsonl(Path(self.input().path) / "posts.jsonl")
+
+    def save(self, directory: Path, records: Iterable[dict], log: StageLog) -> None:
+        write_jsonl(directory / "posts.jsonl", records)
+        log.save(directory)
+        self.set_status_message(f"{self.stage}: read {log.read}, kept {log.kept}, rejected {dict(log.rejected)}")
+
+
+class CrawlTweets(StageTask):
+    """Import or crawl posts from the source into `OUT/work/crawl/posts.jsonl`."""
+
+    stage = "crawl"
+
+    def run(self):
+        log = StageLog(self.stage)
+        with atomic_directory(self.output()) as tmp:
+            if self.source == "cmkp":
+                from pipeline.sources.cmkp import read_release
+                records = read_release(self.input_path, log)
+            else:
+                raise NotImplementedError(f"source {self.source!r} is not wired into CrawlTweets yet")
+            self.save(tmp, records, log)
+        self.set_progress_percentage(100)
+
+
+class SplitPosts(DatasetTask):
+    """Assign posts to train/valid/test and plan the shards: `OUT/work/split/{split}.jsonl` + `plan.json`.
+
+    CMKP releases keep their own splits; other sources are shuffled with `seed` and cut 80/10/10.
+    """
+
+    shard_size = luigi.IntParameter(default=2000, description="posts per shard")
+    seed = luigi.IntParameter(default=13, description="seed of the 80/10/10 shuffle")
+    train_fraction = luigi.FloatParameter(default=0.8)
+    valid_fraction = luigi.FloatParameter(default=0.1)
+
+    def requires(self):
+        return CrawlTweets(**self.dataset())
+
+    def output(self):
+        return luigi.LocalTarget(str(self.path("work", "split")))
+
+    def assign(self, records: list[dict]) -> dict[str, list[dict]]:
+        if self.source == "cmkp":
+            by_split: dict[str, list[dict]] = {}
+            for record in records:
+                by_split.setdefault(record["split"], []).append(record)
+            return by_split
+        # Sorting first makes the shuffle independent of the order posts were crawled in.
+        records = sorted(records, key=lambda r: r["id"])
+        random.Random(self.seed).shuffle(records)
+        n_train = round(len(records) * self.train_fraction)
+        n_valid = round(len(records) * self.valid_fraction)
+        cuts = {"train": records[:n_train], "valid": records[n_train:n_train + n_valid],
+                "test": records[n_train + n_valid:]}
+        for split, members in cuts.items():
+            for record in members:
+                record["split"] = split
+        return cuts
+
+    def run(self):
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be positive, got {self.shard_size}")
+        records = list(read_jsonl(Path(self.input().path) / "posts.jsonl"))
+        by_split = self.assign(records)
+        plan = {"shard_size": self.shard_size, "source": self.source,
+                "parameters": chain_parameters(self), "splits": {}}
+        with atomic_directory(self.output()) as tmp:
+            for split in SPLITS:
+                members = by_split.get(split, [])
+                if self.source == "cmkp" and split not in by_split:
+                    continue  # a release without this split: no shards, no manifest
+                write_jsonl(tmp / f"{split}.jsonl", members)
+                plan["splits"][split] = {"posts": len(members),
+                                         "shards": -(-len(members) // self.shard_size)}
+            (tmp / "plan.json").write_text(json.dumps(plan, indent=1, sort_keys=True) + "\n")
+        self.set_status_message(f"split: { {s: v['posts'] for s, v in plan['splits'].items()} }")
+        self.set_progress_percentage(100)
+
+
+def read_plan(dataset_dir: str | Path) -> dict:
+    return json.loads(Path(dataset_dir, "work", "split", "plan.json").read_text())
+
+
+def text_shard_paths(dataset_dir: str | Path, split: str) -> list[Path]:
+    """The text shards of a split, in order (needs `SplitPosts` done: the plan fixes their number)."""
+    plan = read_plan(dataset_dir)
+    shards_in_split = plan["splits"].get(split, {"shards": 0})["shards"]
+    return [Path(dataset_dir, "work", "text", split, shard_name(i)) for i in range(shards_in_split)]
+
+
+def shard_records(dataset_dir: str | Path, split: str, shard_index: int) -> list[dict]:
+    """The records of one planned shard, read from `OUT/work/split/{split}.jsonl`."""
+    size = read_plan(dataset_dir)["shard_size"]
+    path = Path(dataset_dir, "work", "split", f"{split}.jsonl")
+    with open(path, encoding="utf-8") as f:
+        lines = itertools.islice(f, shard_index * size, (shard_index + 1) * size)
+        return [json.loads(line) for line in lines]
+
+
+class ShardTask(DatasetTask):
+    """A task producing one shard of one split."""
+
+    split = luigi.ChoiceParameter(choices=SPLITS)
+    shard_index = luigi.IntParameter()
+
+    def records(self) -> list[dict]:
+        records = shard_records(self.dataset_dir, self.split, self.shard_index)
+        if not records:
+            raise ValueError(f"{self.split} shard {self.shard_index} is not in the plan of {self.dataset_dir}")
+        return records
+
+
+class TextShard(ShardTask):
+    """One text shard: the text datasets of docs/FORMAT.md for up to `shard_size` posts."""
+
+    def requires(self):
+        return SplitPosts(**self.dataset())
+
+    def output(self):
+        return luigi.LocalTarget(str(self.path("work", "text", self.split, shard_name(self.shard_index))))
+
+    def run(self):
+        records = self.records()
+        self.set_status_message(f"writing {len(records)} posts")
+        columns = {
+            "post_id": [r["id"] for r in records],
+            "text": [r["text"] for r in records],
+            "tokens": [r["tokens"] for r in records],
+            "keyphrases": [";".join(r["keyphrases"]) for r in records],
+            "hashtags": [";".join(r["hashtags"]) for r in records],
+            "image_url": [r.get("image_url", "") for r in records],
+            "image_sha256": [r.get("image_sha256", "") for r in records],
+            "image_path": [r.get("image_path", "") for r in records],
+            "image_present": [bool(r.get("image_present", False)) for r in records],
+            "image_size": [r.get("image_size", [0, 0]) for r in records],
+        }
+        attrs = {"split": self.split, "shard_index": self.shard_index, "source": self.source,
+                 "parameters": chain_parameters(self)}
+        with self.output().temporary_path() as tmp:
+            shards.write_shard(tmp, columns, attrs)
+        self.set_progress_percentage(100)
+
+
+class ReleaseFeatureShard(ShardTask):
+    """A feature group carried from a CMKP release (`ocr` or `attributes`) as a work shard
+    `OUT/work/<group>/{split}/shard-NNNNN.h5`, aligned with the text shard of the same index."""
+
+    group = luigi.ChoiceParameter(choices=("ocr", "attributes"))
+
+    def requires(self):
+        return TextShard(**self.dataset(), split=self.split, shard_index=self.shard_index)
+
+    def output(self):
+        return luigi.LocalTarget(str(self.path("work", self.group, self.split, shard_name(self.shard_index))))
+
+    def run(self):
+        import numpy as np
+
+        from pipeline.sources.cmkp import RELEASE_FEATURES
+
+        records = self.records()
+        text_ids = shards.read_shard(self.input().path, ["post_id"])["post_id"].tolist()
+        if text_ids != [r["id"] for r in records]:
+            raise RuntimeError(f"{self.input().path} is not aligned with the split plan; rebuild it")
+        columns = {name: [r.get(name, "") for r in records] for name in RELEASE_FEATURES[self.group]}
+        if self.group == "attributes":
+            # The release gives the attribute words only, never their scores.
+            columns["attribute_scores"] = np.full((len(records), 5), np.nan, dtype=np.float32)
+        files = [f"{self.split}_{suffix}.txt" for suffix in RELEASE_FEATURES[self.group].values()]
+        attrs = {f"{self.group}_weights": "cmkp-release", f"{self.group}_weights_sha256": "",
+                 f"{self.group}_meta": {"carried_from": "CMKP release", "files": files}}
+        with self.output().temporary_path() as tmp:
+            shards.write_feature_shard(tmp, self.group, text_ids, columns, attrs)
+        self.set_progress_percentage(100)
