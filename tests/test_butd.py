@@ -1,0 +1,144 @@
+"""Bottom-up-attention features: the shared box rule, the torchvision backend, the detectron2 backend."""
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.butd import BoxRule, build_extractor, select_boxes
+from pipeline.weights import WeightsNotFoundError
+
+
+def spread_boxes(n):
+    """n disjoint 10x10 boxes on a row: NMS never suppresses one of them."""
+    x = torch.arange(n, dtype=torch.float32) * 20
+    return torch.stack([x, torch.zeros(n), x + 10, torch.full((n,), 10.0)], dim=1)
+
+
+# ---------------------------------------------------------------- box rule
+def test_exactly_36_of_many_confident_boxes_highest_first():
+    scores = torch.linspace(0.3, 0.9, 50)[:, None]            # 50 proposals above the 0.2 threshold
+    keep, max_conf = select_boxes(spread_boxes(50), scores, BoxRule())
+    assert keep.tolist() == list(range(49, 13, -1))           # the top 36 by confidence, highest first
+    assert torch.equal(max_conf, scores[:, 0])
+
+
+def test_too_few_confident_boxes_are_topped_up_to_min_boxes():
+    scores = torch.full((40, 1), 0.05)
+    scores[[3, 7], 0] = torch.tensor([0.5, 0.3])
+    scores[11, 0] = 0.1
+    keep, _ = select_boxes(spread_boxes(40), scores, BoxRule(min_boxes=36, max_boxes=36))
+    assert len(keep) == 36 and keep[:3].tolist() == [3, 7, 11]
+
+
+def test_adaptive_rule_keeps_every_box_over_threshold_in_proposal_order():
+    scores = torch.full((150, 1), 0.1)
+    confident = torch.arange(0, 150, 3)                        # 50 proposals
+    scores[confident, 0] = 0.2                                 # exactly at the threshold counts
+    rule = BoxRule(min_boxes=10, max_boxes=100)
+    keep, _ = select_boxes(spread_boxes(150), scores, rule)
+    assert keep.tolist() == confident.tolist()
+    scores[:, 0] = torch.linspace(0.21, 0.99, 150)            # 150 over threshold -> capped at 100
+    keep, _ = select_boxes(spread_boxes(150), scores, rule)
+    assert keep.tolist() == list(range(149, 49, -1))
+    scores[:, 0] = 0.01                                        # none over threshold -> the top 10
+    scores[140, 0] = 0.015
+    keep, _ = select_boxes(spread_boxes(150), scores, rule)
+    assert len(keep) == 10 and keep[0].item() == 140
+
+
+def test_per_class_nms_gives_a_suppressed_box_only_the_classes_where_it_survives():
+    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 11], [50, 50, 60, 60]], dtype=torch.float32)  # 0, 1 overlap
+    scores = torch.tensor([[0.9, 0.1],    # box 0 wins class 0 over box 1
+                           [0.8, 0.3],    # box 1 is suppressed in class 0 but wins class 1
+                           [0.5, 0.05]])
+    _, max_conf = select_boxes(boxes, scores, BoxRule(min_boxes=1, max_boxes=3))
+    assert max_conf.tolist() == pytest.approx([0.9, 0.3, 0.5])
+    # IoU of boxes 0 and 1 is 10/11 > 0.3; with nms_iou above it neither is suppressed.
+    _, max_conf = select_boxes(boxes, scores, BoxRule(min_boxes=1, max_boxes=3, nms_iou=0.95))
+    assert max_conf.tolist() == pytest.approx([0.9, 0.8, 0.5])
+
+
+def test_box_rule_rejects_bad_settings():
+    with pytest.raises(ValueError, match="min_boxes"):
+        BoxRule(min_boxes=40, max_boxes=36)
+    with pytest.raises(ValueError, match="conf_threshold"):
+        BoxRule(conf_threshold=1.5)
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown BUTD backend 'caffe'.*detectron2.*torchvision"):
+        build_extractor(backend="caffe")
+
+
+# ---------------------------------------------------------------- torchvision backend
+def photos():
+    """Two small natural photos of different shapes (scikit-image's bundled samples)."""
+    from skimage import data
+
+    return [Image.fromarray(data.astronaut()).resize((256, 256)), Image.fromarray(data.coffee()).resize((240, 160))]
+
+
+SMALL = dict(weights="random", seed=3, device="cpu", min_size=320, max_size=480)  # real architecture, small input
+
+
+@pytest.fixture(scope="module")
+def torchvision_run():
+    extractor = build_extractor(backend="torchvision", **SMALL)
+    return extractor, extractor.extract(photos())
+
+
+def test_torchvision_outputs_shapes_dtypes_and_finite_features(torchvision_run):
+    extractor, outputs = torchvision_run
+    assert len(outputs) == 2
+    for out, image in zip(outputs, photos()):
+        assert out["features"].shape == (36, 2048) and out["features"].dtype == np.float32
+        assert np.isfinite(out["features"]).all() and np.abs(out["features"]).max() < 65504
+        assert out["features"].std() > 0
+        assert out["boxes"].shape == (36, 4) and out["boxes"].dtype == np.float32
+        boxes = out["boxes"]
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+        assert (boxes[:, 2] <= image.width).all() and (boxes[:, 3] <= image.height).all()
+        assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+        assert out["objects"].shape == (36,) and out["objects"].dtype == np.int64
+        assert ((out["objects"] >= 0) & (out["objects"] < len(extractor.provenance()["object_vocab"]))).all()
+        assert ((out["object_scores"] > 0) & (out["object_scores"] <= 1)).all()
+        assert (out["attributes"] == -1).all() and np.isnan(out["attribute_scores"]).all()
+
+
+def test_torchvision_provenance_is_json_and_stamps_random_weights(torchvision_run):
+    extractor, _ = torchvision_run
+    prov = json.loads(json.dumps(extractor.provenance()))
+    assert prov["backend"] == "torchvision" and prov["random_weights"] is True
+    assert prov["weights"] == "random(seed=3)" and prov["weights_sha256"] == ""
+    assert prov["box_rule"]["max_boxes"] == 36 and prov["box_rule"]["conf_threshold"] == 0.2
+    assert prov["input_min_size"] == 320 and prov["precision"] == "bf16"
+    assert len(prov["object_vocab"]) == 90 and prov["object_vocab"][0] == "person"
+
+
+def test_torchvision_is_deterministic_with_a_seed(torchvision_run):
+    _, outputs = torchvision_run
+    again = build_extractor(backend="torchvision", **SMALL).extract(photos()[:1])
+    for name in ("features", "boxes", "objects"):
+        np.testing.assert_array_equal(again[0][name], outputs[0][name])
+
+
+def test_torchvision_adaptive_rule_in_fp32():
+    adaptive = build_extractor(backend="torchvision", max_boxes=100, min_boxes=10, precision="fp32",
+                               **SMALL).extract(photos()[:1])[0]
+    assert 10 <= len(adaptive["boxes"]) <= 100
+    assert adaptive["features"].shape == (len(adaptive["boxes"]), 2048)
+
+
+def test_non_rgb_image_is_rejected(torchvision_run):
+    extractor, _ = torchvision_run
+    with pytest.raises(ValueError, match="image 1: expected a PIL image in mode RGB, got L"):
+        extractor.extract([photos()[0], photos()[1].convert("L")])
+
+
+def test_missing_weights_file_names_the_file(tmp_path):
+    missing = tmp_path / "frcnn-coco.pth"
+    with pytest.raises(WeightsNotFoundError, match="frcnn-coco.pth"):
+        build_extractor(backend="torchvision", weights=str(missing), device="cpu")
