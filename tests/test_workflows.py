@@ -1,0 +1,157 @@
+"""The experiment workflows run by Luigi's local scheduler, with a small real trainer script."""
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import luigi
+import pytest
+
+from workflows.experiments import (AblationSuite, CmkpBenchmark, ProtocolFolds, SeedSuite,
+                                   markdown_table, summarize_runs)
+
+# Writes metrics.json like cmkp-train: f1@1 = seed + 10 for config "a", + 20 otherwise; f1@3 is
+# the thread count it was given (must be 1); each call is appended to calls.txt next to the data.
+FAKE_TRAINER = textwrap.dedent("""\
+    import argparse, json, os, pathlib, sys
+    p = argparse.ArgumentParser()
+    for opt in ("--data", "--config", "--out", "--device", "--epochs", "--extra"):
+        p.add_argument(opt)
+    p.add_argument("--seed", type=int)
+    a = p.parse_args()
+    assert pathlib.Path(a.data, "manifest.json").exists(), a.data
+    with open(pathlib.Path(a.data).parent / "calls.txt", "a") as f:
+        f.write(" ".join(sys.argv[1:]) + "\\n")
+    if a.config == "broken":
+        print("training failed: loss is nan")
+        sys.exit(3)
+    base = 10 if a.config == "a" else 20
+    scores = {"f1@1": a.seed + base, "f1@3": float(os.environ["OMP_NUM_THREADS"]), "map@5": 50.0}
+    out = pathlib.Path(a.out)
+    (out / "metrics.json").write_text(json.dumps({"valid": scores, "test": scores}))
+    print("epoch 1 loss 1.0")
+""")
+
+
+@pytest.fixture
+def trainer(tmp_path):
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAINER)
+    return f"{sys.executable} {script}"
+
+
+@pytest.fixture
+def shards(tmp_path):
+    path = tmp_path / "data" / "shards"
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text("{}")
+    return path
+
+
+def build(*tasks) -> bool:
+    return luigi.build(list(tasks), local_scheduler=True, workers=1, log_level="WARNING")
+
+
+def calls(shards) -> list[str]:
+    path = shards.parent / "calls.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def write_release(directory: Path, n: int = 23) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "valid_src.txt").write_text(
+        "".join(f"post {i} words<sep>kp{i % 4}<sep>http://img/{i}.jpg\n" for i in range(n)))
+    (directory / "valid_ocr_final.txt").write_text(
+        "".join(("" if i % 3 else f"ocr {i}") + "\n" for i in range(n)))
+
+
+def test_protocol_folds(tmp_path):
+    release = tmp_path / "release"
+    write_release(release)
+    task = ProtocolFolds(data_dir=str(release), work_dir=str(tmp_path / "work"))
+    assert build(task)
+    folds = Path(task.output().path)
+    dev = (folds / "valid_src.txt").read_text().splitlines()
+    train = (folds / "train_src.txt").read_text().splitlines()
+    assert [line.split()[1] for line in dev] == ["0", "10", "20"]
+    assert len(train) == 20 and "post 1 words" in train[0] and "post 10 " not in "".join(train)
+    ocr_dev = (folds / "valid_ocr_final.txt").read_text().split("\n")
+    assert ocr_dev == ["ocr 0", "", "", ""]  # lines 0, 10, 20 (10 and 20 have no OCR) + final newline
+    record = json.loads((folds / "folds.json").read_text())
+    assert record["files"]["valid_src.txt"] == {
+        "sha256": record["files"]["valid_src.txt"]["sha256"], "lines": 23, "train": 20, "valid": 3}
+    assert sorted(p.name for p in folds.iterdir()) == [
+        "folds.json", "train_ocr_final.txt", "train_src.txt", "valid_ocr_final.txt", "valid_src.txt"]
+
+
+def test_protocol_folds_rejects_misaligned_files(tmp_path):
+    release = tmp_path / "release"
+    write_release(release)
+    (release / "valid_ocr_final.txt").write_text("too short\n")
+    task = ProtocolFolds(data_dir=str(release), work_dir=str(tmp_path / "work"))
+    assert not build(task)
+    assert not (tmp_path / "work" / "folds").exists()
+    assert not list((tmp_path / "work").glob("folds*"))  # no temporary directory left either
+
+
+def test_ablation_suite_tables_mean_and_std(tmp_path, trainer, shards):
+    work = tmp_path / "work"
+    suite = AblationSuite(configs=("a", "b"), seeds=(1, 2), shards_dir=str(shards),
+                          work_dir=str(work), trainer=trainer, epochs=2,
+                          train_args="--extra 'x y'")
+    assert build(suite)
+    summary = json.loads((work / "results" / "ablation-suite.json").read_text())
+    rows = {row["config"]: row for row in summary["rows"]}
+    assert rows["a"]["f1@1"]["values"] == [11.0, 12.0]
+    assert rows["a"]["f1@1"]["mean"] == pytest.approx(11.5)
+    assert rows["a"]["f1@1"]["std"] == pytest.approx(0.5 ** 0.5)
+    assert rows["b"]["f1@1"]["mean"] == pytest.approx(21.5)
+    assert rows["a"]["f1@3"]["values"] == [1.0, 1.0]  # one thread was passed to every run
+    assert rows["b"]["map@5"] == {"mean": 50.0, "std": 0.0, "values": [50.0, 50.0]}
+    table = (work / "results" / "ablation-suite.md").read_text()
+    assert "| a | 11.50 ± 0.71 | 1.00 ± 0.00 | 50.00 ± 0.00 |" in table
+    assert "| b | 21.50 ± 0.71 |" in table
+    run_dir = work / "runs" / "a" / "seed-2"
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["cpu_s"] > 0 and run["command"][-2:] == ["--extra", "x y"]
+    assert "epoch 1 loss" in (run_dir / "train.log").read_text()
+    assert len(calls(shards)) == 4
+    assert all("--epochs 2" in c and "--device cpu" in c for c in calls(shards))
+    # a second build finds every output and trains nothing again
+    assert build(suite)
+    assert len(calls(shards)) == 4
+
+
+def test_seed_suite_and_failed_run_leaves_nothing(tmp_path, trainer, shards):
+    work = tmp_path / "work"
+    assert build(SeedSuite(config="b", seeds=(3,), shards_dir=str(shards), work_dir=str(work),
+                           trainer=trainer))
+    summary = json.loads((work / "results" / "seeds-b.json").read_text())
+    assert summary["rows"][0]["f1@1"] == {"mean": 23.0, "std": None, "values": [23.0]}
+    assert "| b | 23.00 | 1.00 | 50.00 |" in (work / "results" / "seeds-b.md").read_text()
+
+    assert not build(SeedSuite(config="broken", seeds=(1,), shards_dir=str(shards),
+                               work_dir=str(work), trainer=trainer))
+    assert not (work / "runs" / "broken").exists() or not any((work / "runs" / "broken").iterdir())
+    assert not (work / "results" / "seeds-broken.json").exists()
+
+
+def test_summarize_runs_orders_configs_and_formats_table():
+    runs = [{"config": c, "seed": s, "cpu_s": 10.0 * s,
+             "metrics": {"valid": {"f1@1": f, "f1@3": 1.0, "map@5": 2.0}}}
+            for c, s, f in [("z", 1, 30.0), ("y", 1, 20.0), ("z", 2, 32.0), ("z", 3, 34.0)]]
+    rows = summarize_runs(runs, "valid")
+    assert [r["config"] for r in rows] == ["z", "y"]
+    assert rows[0]["f1@1"]["mean"] == 32.0 and rows[0]["f1@1"]["std"] == 2.0
+    assert rows[0]["cpu_s"]["mean"] == 20.0
+    table = markdown_table({"split": "valid", "threads": 1, "rows": rows})
+    assert "| z | 32.00 ± 2.00 | 1.00 ± 0.00 | 2.00 ± 0.00 | 20 ± 10 | 1, 2, 3 |" in table
+    assert "| y | 20.00 | 1.00 | 2.00 | 10 | 1 |" in table
+
+
+def test_benchmark_defaults_are_the_issue_protocol():
+    task = CmkpBenchmark()
+    assert task.suite_configs() == ("gen-cls-m3h-att", "gen-copy", "cls-max")
+    assert task.seeds == (1, 2, 3) and task.threads == 1 and task.split == "valid"
+    parsed = CmkpBenchmark.from_str_params({"configs": "cls-max,gen-copy", "seeds": "4,5"})
+    assert parsed.configs == ("cls-max", "gen-copy") and parsed.seeds == (4, 5)
