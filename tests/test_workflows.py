@@ -155,3 +155,28 @@ def test_benchmark_defaults_are_the_issue_protocol():
     assert task.seeds == (1, 2, 3) and task.threads == 1 and task.split == "valid"
     parsed = CmkpBenchmark.from_str_params({"configs": "cls-max,gen-copy", "seeds": "4,5"})
     assert parsed.configs == ("cls-max", "gen-copy") and parsed.seeds == (4, 5)
+
+
+def test_cmkp_benchmark_end_to_end_through_build_dataset(tmp_path, trainer):
+    """Folds -> pipeline.tasks.BuildDataset --source cmkp -> runs -> table, on a tiny release."""
+    import h5py
+
+    release = tmp_path / "release"
+    write_release(release)
+    (release / "valid_attribute_cleaned.txt").write_text("man dog grass field ball\n" * 23)
+    work = tmp_path / "work"
+    suite = CmkpBenchmark(data_dir=str(release), work_dir=str(work), trainer=trainer,
+                          configs=("a",), seeds=(1, 2))
+    assert build(suite)
+    shards = work / "shards"
+    assert json.loads((shards / "train" / "manifest.json").read_text())["posts"] == 20
+    assert json.loads((shards / "valid" / "manifest.json").read_text())["posts"] == 3
+    assert not (shards / "test").exists()
+    with h5py.File(shards / "valid" / "shard-00000.h5") as f:
+        assert [t.decode() for t in f["text"][:]] == [f"post {i} words" for i in (0, 10, 20)]
+        assert sorted(json.loads(f.attrs["features"])) == ["attributes", "ocr"]
+        assert not f["image_present"][:].any()
+    summary = json.loads((work / "results" / "cmkp-benchmark.json").read_text())
+    assert summary["shards"] == str(shards)
+    assert summary["rows"][0]["f1@1"]["values"] == [11.0, 12.0]
+    assert len(calls(shards)) == 2 and all(f"--data {shards} " in c for c in calls(shards))

@@ -125,11 +125,21 @@ class ProtocolFolds(luigi.Task):
             Path(tmp, "folds.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
+class _YieldedTask(luigi.task.DynamicRequirements):
+    """A dynamic requirement whose output luigi must not collect: BuildDataset's `--output`
+    parameter shadows Task.output(), so luigi's usual `yield task` (which sends task.output()
+    back into run()) would call a string. Completeness still comes from BuildDataset.complete()."""
+
+    @property
+    def paths(self):
+        return None
+
+
 class ProtocolShards(luigi.Task):
     """The protocol's dataset: pipeline.tasks.BuildDataset --source cmkp on the folds (WORK/shards/).
 
     BuildDataset is a dynamic dependency: its graph reads the folds directory, which exists only
-    after ProtocolFolds has run. This task's output is BuildDataset's own (the dataset manifest).
+    after ProtocolFolds has run. The output is the dataset manifest, which BuildDataset writes last.
     """
 
     data_dir = luigi.Parameter()
@@ -140,17 +150,15 @@ class ProtocolShards(luigi.Task):
     def requires(self):
         return ProtocolFolds(data_dir=self.data_dir, work_dir=self.work_dir)
 
-    def build_task(self):
-        from pipeline.tasks import BuildDataset
-        return BuildDataset(source="cmkp", input=self.requires().output().path,
-                            output=str(Path(self.work_dir, "shards")), features=list(self.features))
-
     def output(self):
-        return self.build_task().output()
+        return luigi.LocalTarget(str(Path(self.work_dir, "shards", "manifest.json")))
 
     def run(self):
+        from pipeline.tasks import BuildDataset
         self.set_status_message("building the dataset with pipeline.tasks.BuildDataset")
-        yield self.build_task()
+        yield _YieldedTask(BuildDataset(source="cmkp", input=self.input().path,
+                                        output=str(Path(self.work_dir, "shards")),
+                                        features=list(self.features)))
 
 
 class ExistingShards(luigi.ExternalTask):
