@@ -28,6 +28,7 @@ import shlex
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -232,7 +233,12 @@ class TrainRun(ExperimentTask):
         return luigi.LocalTarget(str(self.run_dir() / "metrics.json"))
 
     def command(self, out_dir: Path) -> list[str]:
-        cmd = [*shlex.split(self.trainer), "--data", self.shards_path(), "--config", self.config,
+        program, *args = shlex.split(self.trainer)
+        # `cmkp-train` sits next to the interpreter when luigi runs from a virtualenv not on PATH
+        beside = Path(sys.executable).parent / program
+        if shutil.which(program) is None and beside.exists():
+            program = str(beside)
+        cmd = [program, *args, "--data", self.shards_path(), "--config", self.config,
                "--out", str(out_dir), "--seed", str(self.seed), "--device", self.device]
         if self.epochs:
             cmd += ["--epochs", str(self.epochs)]
