@@ -1,0 +1,79 @@
+"""Command-line entry points: `cmkp-train` and `cmkp-predict` (declared in setup.cfg)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import torch
+
+from model.config import CONFIGS, DEFAULT_CONFIG, load_config
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
+
+
+@click.command(help="Train on the `train` split, select on `valid`, evaluate on every other split. Writes "
+                    "RUN_DIR/model.pt, metrics.json, pred_<split>.txt, train.log (one JSON line per epoch).")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="dataset directory written by the pipeline (docs/FORMAT.md)")
+@click.option("--config", "config_name", default=DEFAULT_CONFIG, show_default=True,
+              help=f"a configuration name ({', '.join(CONFIGS)}) or a JSON file of config fields")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="run directory")
+@click.option("--epochs", type=int, default=None, help="maximum epochs (default: the config's)")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--glove", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="GloVe text file to initialise the word embeddings (random otherwise)")
+@click.option("--allow-random-features", is_flag=True,
+              help="accept image features computed with seeded random weights (smoke tests only)")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+@click.option("--batch-size", type=int, default=None, help="default: the config's (64)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def train(data_dir, config_name, out_dir, epochs, seed, device, glove, allow_random_features, threads,
+          batch_size, quiet):
+    from model.train import train as run_training
+    _threads(threads)
+    try:
+        config = load_config(config_name, epochs=epochs, batch_size=batch_size)
+        run_training(config, data_dir, out_dir, seed=seed, device=device, glove=glove,
+                     allow_random_features=allow_random_features, progress=not quiet,
+                     log=lambda msg: click.echo(msg, err=True))
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise click.ClickException(str(e))
+
+
+@click.command(help="Write one line per post of a split: its ranked keyphrases joined by ';'.")
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="checkpoint (RUN_DIR/model.pt)")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--split", default="test", show_default=True)
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--beam", type=int, default=None, help="beam size (default: the model's config, 10)")
+@click.option("--metrics", is_flag=True, help="also print F1@1, F1@3, MAP@5 against the split's keyphrases")
+def predict(model_path, data_dir, split, out_file, device, threads, batch_size, beam, metrics):
+    from model.data import PostDataset, read_split
+    from model.train import load_checkpoint, predict_split, resolve_device, score, write_predictions
+    _threads(threads)
+    try:
+        dev = resolve_device(device)
+        model = load_checkpoint(model_path, dev)
+        if beam:
+            model.config.beam = beam
+        data = read_split(data_dir, split)
+        predictions = predict_split(model, PostDataset(data, model.vocabs, model.config), dev, batch_size)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise click.ClickException(str(e))
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    write_predictions(Path(out_file), predictions)
+    click.echo(f"{len(predictions)} posts -> {out_file}", err=True)
+    if metrics:
+        m = score(predictions, data)
+        json.dump({k: m[k] for k in ("f1@1", "f1@3", "map@5")}, sys.stdout)
+        click.echo()

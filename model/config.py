@@ -1,0 +1,148 @@
+"""One dataclass holds every choice that defines a model and its training; the paper's Table 2 rows are named
+instances of it (`CONFIGS`). The model in `model/model.py` is assembled from a config alone."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class ModelConfig:
+    name: str = "gen-cls-m3h-att"
+    # --- inputs ---------------------------------------------------------------------------------------------
+    use_text: bool = True            # False only for the image-only classifiers (CLS-VGG-*, CLS-BUTD-*)
+    image_wordings: bool = True      # append the OCR tokens to the post after a `<sep>` token
+    vision: str = "vgg"              # "vgg" (49 x 512 grid), "butd" (36 x 2048 objects) or "none"
+    use_attributes: bool = True      # top-5 attribute words, embedded with the text table
+    max_vocab: int = 45000           # encoder vocabulary cap (train split), specials not counted
+    max_src_len: int = 100           # post tokens first, OCR fills the rest; the paper's posts are ~27 tokens
+    # --- text encoder ---------------------------------------------------------------------------------------
+    emb_dim: int = 200
+    hidden: int = 300                # Bi-GRU output size (hidden/2 per direction) and the model size
+    enc_layers: int = 2
+    dropout: float = 0.3             # between GRU layers, on the fused vector and in the output MLPs
+    emb_dropout: float = 0.2
+    # --- fusion (c_fuse) ------------------------------------------------------------------------------------
+    # "pool": projections of each modality's pooled vector are summed (CLS-AVG/MAX, CLS-VGG-*).
+    # "text-query": the pooled text attends over the other modalities (CLS-IMG-ATT).
+    # "both": pairwise co-attention text<->vision and text<->attributes in both directions (CLS-CO-ATT, M3H-Att).
+    fusion: str = "both"
+    pool: str = "max"                # holistic query per modality: "max" or "avg"
+    heads: int = 4
+    head_dim: int = 64
+    text_layers: int = 4             # stacked blocks attending over the text
+    vision_layers: int = 1           # ... over the vision regions
+    attr_layers: int = 1             # ... over the attributes
+    # --- outputs --------------------------------------------------------------------------------------------
+    classifier: bool = True          # 2-layer MLP over the keyphrase label vocabulary
+    generator: bool = True           # GRU decoder with Bahdanau attention
+    copy: bool = True                # pointer-generator copy from the source tokens
+    aggregate: bool = True           # Eq. 11: the classifier's top-K labels as a second copy distribution
+    fuse_into_decoder: bool = True   # add c_fuse to the decoder's attention context
+    agg_top_k: int = 5
+    agg_weight: float = 0.5          # b in Eq. 11 after warm-up (a = 1 - b); 0 during warm-up
+    min_label_count: int = 1         # keyphrases seen fewer times in train are not classifier labels
+    # --- training -------------------------------------------------------------------------------------------
+    joint_training: bool = True      # classification NLL + gamma x generation NLL (Eq. 12)
+    gamma: float = 1.0
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    clip: float = 5.0
+    epochs: int = 15                 # upper bound; early stopping usually ends sooner
+    warmup_epochs: int = 4           # stage 1 (a = 1, b = 0) before aggregation is switched on
+    freeze_classifier: bool = False  # the authors' stage 2: freeze encoder + classifier once aggregation is on
+    patience: int = 3                # epochs without DEV improvement before stopping
+    select_on: str = "f1@1"          # DEV criterion for the best checkpoint: "f1@1" or "loss"
+    # --- decoding and ranking -------------------------------------------------------------------------------
+    beam: int = 10
+    max_kp_len: int = 6
+    n_best: int = 10                 # ranked keyphrases written per post
+    # "generator": the beam's order; "classifier": label order; "unified": P(kp) = lam P_cls + (1-lam) P_gen
+    ranking: str = "unified"
+    rank_cls_weight: float = 0.5
+
+    def __post_init__(self):
+        choices = {"vision": ("vgg", "butd", "none"), "fusion": ("pool", "text-query", "both"),
+                   "pool": ("max", "avg"), "select_on": ("f1@1", "loss"),
+                   "ranking": ("generator", "classifier", "unified")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"config {key}={getattr(self, key)!r}: expected one of {allowed}")
+        if not (self.classifier or self.generator):
+            raise ValueError("a model needs a classifier, a generator or both")
+        if not (self.use_text or self.vision != "none"):
+            raise ValueError("a model needs the text or the vision modality")
+        if self.aggregate and not (self.classifier and self.generator and self.copy):
+            raise ValueError("aggregation (Eq. 11) needs the classifier, the generator and the copy switch")
+        if self.generator and not self.use_text:
+            raise ValueError("the generator decodes over the text memory: use_text must be true")
+        if not self.classifier and self.ranking != "generator":
+            self.ranking = "generator"
+        if not self.generator and self.ranking != "classifier":
+            self.ranking = "classifier"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _variant(base: ModelConfig, name: str, **changes) -> ModelConfig:
+    return dataclasses.replace(base, name=name, **changes)
+
+
+_CLS = dict(generator=False, copy=False, aggregate=False, joint_training=False, ranking="classifier",
+            warmup_epochs=0)
+_TEXT_ONLY = dict(vision="none", use_attributes=False)
+_FULL = ModelConfig()
+
+# The paper's Table 2 rows, lower-case with dashes. Image-wording and joint-training switches are the fields
+# `image_wordings` and `joint_training`; e.g. `gen-m3h-att` + `{"joint_training": true}` is a JSON config file.
+CONFIGS: dict[str, ModelConfig] = {
+    **{f"cls-{vis}-{pool}": _variant(_FULL, f"cls-{vis}-{pool}", use_text=False, image_wordings=False,
+                                      use_attributes=False, vision=vis, fusion="pool", pool=pool, **_CLS)
+       for vis in ("vgg", "butd") for pool in ("max", "avg")},
+    "cls-avg": _variant(_FULL, "cls-avg", fusion="pool", pool="avg", image_wordings=False, **_TEXT_ONLY, **_CLS),
+    "cls-max": _variant(_FULL, "cls-max", fusion="pool", pool="max", image_wordings=False, **_TEXT_ONLY, **_CLS),
+    "gen-att": _variant(_FULL, "gen-att", classifier=False, copy=False, aggregate=False, joint_training=False,
+                        fuse_into_decoder=False, image_wordings=False, ranking="generator", warmup_epochs=0,
+                        **_TEXT_ONLY),
+    "gen-copy": _variant(_FULL, "gen-copy", classifier=False, aggregate=False, joint_training=False,
+                         fuse_into_decoder=False, image_wordings=False, ranking="generator", warmup_epochs=0,
+                         **_TEXT_ONLY),
+    "cls-img-att": _variant(_FULL, "cls-img-att", fusion="text-query", heads=1, head_dim=256, text_layers=1,
+                            use_attributes=False, image_wordings=False, **_CLS),
+    "cls-co-att": _variant(_FULL, "cls-co-att", fusion="both", heads=1, head_dim=256, text_layers=1,
+                           use_attributes=False, image_wordings=False, **_CLS),
+    "cls-m3h-att": _variant(_FULL, "cls-m3h-att", **_CLS),
+    "gen-m3h-att": _variant(_FULL, "gen-m3h-att", classifier=False, aggregate=False, joint_training=False,
+                            ranking="generator", warmup_epochs=0),
+    "gen-cls-m3h-att": _FULL,
+}
+DEFAULT_CONFIG = "gen-cls-m3h-att"
+
+
+def load_config(name_or_file: str, **overrides) -> ModelConfig:
+    """A configuration name from `CONFIGS`, or a JSON file of fields (optionally `"base": NAME`)."""
+    if name_or_file in CONFIGS:
+        base, fields = CONFIGS[name_or_file], {}
+    elif Path(name_or_file).is_file():
+        fields = json.loads(Path(name_or_file).read_text())
+        base_name = fields.pop("base", DEFAULT_CONFIG)
+        if base_name not in CONFIGS:
+            raise ValueError(f"{name_or_file}: unknown base configuration {base_name!r}")
+        base = CONFIGS[base_name]
+        fields.setdefault("name", Path(name_or_file).stem)
+    else:
+        raise ValueError(f"{name_or_file!r} is neither a configuration name ({', '.join(CONFIGS)}) nor a file")
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{name_or_file}: unknown config fields {unknown}")
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return dataclasses.replace(base, **fields)
+
+
+def config_from_dict(values: dict) -> ModelConfig:
+    return ModelConfig(**values)

@@ -1,0 +1,308 @@
+"""Reading the pipeline's shards (docs/FORMAT.md) into model inputs: vocabularies, encoded posts, batches.
+
+Text columns of a split are small (a few MB for the paper's 53k posts) and are read once, whole. Image
+features are large and are read per post through h5py handles opened lazily in the process that reads them
+(a DataLoader worker opens its own), never shared across a fork.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from model.config import ModelConfig
+
+WORD_SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<sep>"]
+PAD, BOS, EOS, UNK, SEP = range(5)          # the same ids in the word and the generator vocabularies
+GEN_SPECIALS = WORD_SPECIALS[:4]
+FORMAT_VERSION = 1
+VISION_DIMS = {"vgg": 512, "butd": 2048}
+MAX_ATTRIBUTES = 5
+
+
+class Vocab:
+    def __init__(self, words: list[str]):
+        self.words = list(words)
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def id(self, word: str) -> int:
+        return self.index.get(word, UNK)
+
+
+@dataclass
+class Post:
+    post_id: str
+    tokens: list[str]
+    ocr: list[str]
+    attributes: list[str]
+    keyphrases: list[str]
+    image_present: bool
+    shard: int          # index into the split's shard list (for the lazily read image features)
+    row: int
+
+
+@dataclass
+class Split:
+    name: str
+    posts: list[Post]
+    shard_paths: list[Path]
+    features: set[str]          # feature groups present in every shard of the split
+    random_weights: bool        # some shard holds image features from seeded random weights
+
+
+def split_names(data_dir: str | Path) -> list[str]:
+    return sorted(p.name for p in Path(data_dir).iterdir()
+                  if p.is_dir() and any(p.glob("shard-*.h5")))
+
+
+def read_split(data_dir: str | Path, split: str) -> Split:
+    """All posts of one split, text columns only. Raises if the split is missing or of another format."""
+    paths = sorted((Path(data_dir) / split).glob("shard-*.h5"))
+    if not paths:
+        raise FileNotFoundError(f"no shards in {Path(data_dir) / split} (expected shard-NNNNN.h5, docs/FORMAT.md)")
+    posts, features, random_weights = [], None, False
+    for shard_index, path in enumerate(paths):
+        with h5py.File(path, "r") as f:
+            version = int(f.attrs.get("format_version", -1))
+            if version != FORMAT_VERSION:
+                raise ValueError(f"{path}: format_version {version}, this reader knows {FORMAT_VERSION}")
+            groups = set(json.loads(f.attrs.get("features", "[]")))
+            features = groups if features is None else features & groups
+            random_weights |= bool(f.attrs.get("random_weights", False))
+
+            def column(name):
+                return f[name].asstr()[()] if name in f else None
+            ids, tokens, kps = column("post_id"), column("tokens"), column("keyphrases")
+            ocr, attrs = column("ocr_tokens"), column("attributes")
+            present = f["image_present"][()]
+        for row in range(len(ids)):
+            posts.append(Post(
+                post_id=ids[row], tokens=tokens[row].split(),
+                ocr=ocr[row].split() if ocr is not None else [],
+                attributes=attrs[row].split()[:MAX_ATTRIBUTES] if attrs is not None else [],
+                keyphrases=[k.strip() for k in kps[row].split(";") if k.strip()],
+                image_present=bool(present[row]), shard=shard_index, row=row))
+    return Split(split, posts, paths, features or set(), random_weights)
+
+
+@dataclass
+class Vocabularies:
+    """Built from the train split only. `words`: encoder inputs and embeddings; `gen`: the generator's output
+    words (the training keyphrases' words; anything else reaches the output by copying); `labels`: the
+    classifier's classes, label 0 = a keyphrase outside them."""
+    words: Vocab
+    gen: Vocab
+    labels: Vocab
+    gen_to_word: list[int] = field(default_factory=list)
+    label_gen_words: list[list[int]] = field(default_factory=list)   # each label's words as generator ids
+
+    def __post_init__(self):
+        self.gen_to_word = [self.words.id(w) for w in self.gen.words]
+        self.label_gen_words = [[self.gen.id(w) for w in label.split()] for label in self.labels.words]
+
+    @classmethod
+    def build(cls, train: Split, config: ModelConfig) -> "Vocabularies":
+        word_counts, kp_word_counts, label_counts = Counter(), Counter(), Counter()
+        for post in train.posts:
+            word_counts.update(post.tokens)
+            if config.image_wordings:
+                word_counts.update(post.ocr)
+            if config.use_attributes:
+                word_counts.update(post.attributes)
+            for kp in post.keyphrases:
+                kp_word_counts.update(kp.split())
+                label_counts[kp] += 1
+        word_counts.update(kp_word_counts)
+        # most_common is a stable sort: ties keep first-seen order, so vocabularies are deterministic.
+        words = [w for w, _ in word_counts.most_common() if w not in WORD_SPECIALS][:config.max_vocab]
+        gen = [w for w, _ in kp_word_counts.most_common() if w not in WORD_SPECIALS]
+        labels = [k for k, c in label_counts.most_common() if c >= config.min_label_count]
+        return cls(Vocab(WORD_SPECIALS + words), Vocab(GEN_SPECIALS + gen), Vocab(["<unk>"] + labels))
+
+    def to_dict(self) -> dict:
+        return {"words": self.words.words, "gen": self.gen.words, "labels": self.labels.words}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Vocabularies":
+        return cls(Vocab(d["words"]), Vocab(d["gen"]), Vocab(d["labels"]))
+
+
+@dataclass
+class Example:
+    """One post as id lists. Copy ids (`src_ext`, targets) are generator ids, or len(gen) + j for the post's
+    j-th source word outside the generator vocabulary (`oov`, first-occurrence order)."""
+    index: int
+    src: list[int]
+    src_ext: list[int]
+    oov: list[str]
+    oov_word_ids: list[int]
+    attrs: list[int]
+    dec_in: list[list[int]]     # per keyphrase: <bos> w1 .. wn as word ids (the decoder's inputs)
+    dec_out: list[list[int]]    # per keyphrase: w1 .. wn <eos> as copy ids (the targets)
+    labels: list[int]           # per keyphrase: its class id (0 = not a class)
+
+
+def encode_post(post: Post, index: int, vocabs: Vocabularies, config: ModelConfig) -> Example:
+    tokens = post.tokens[:config.max_src_len]
+    if config.image_wordings and post.ocr and len(tokens) + 1 < config.max_src_len:
+        tokens = tokens + ["<sep>"] + post.ocr[:config.max_src_len - len(tokens) - 1]
+    if not tokens:
+        tokens = ["<unk>"]      # an empty post still has one position to attend to
+    n_gen = len(vocabs.gen)
+    oov: dict[str, int] = {}
+    src_ext = []
+    for w in tokens:
+        gid = vocabs.gen.index.get(w)
+        if gid is None:
+            gid = n_gen + oov.setdefault(w, len(oov))
+        src_ext.append(gid)
+    dec_in, dec_out, labels = [], [], []
+    for kp in post.keyphrases:
+        words = kp.split()
+        dec_in.append([BOS] + [vocabs.words.id(w) for w in words])
+        dec_out.append([vocabs.gen.index.get(w, n_gen + oov[w] if w in oov else UNK) for w in words] + [EOS])
+        labels.append(vocabs.labels.index.get(kp, 0))
+    attrs = [vocabs.words.id(w) for w in post.attributes] if config.use_attributes else []
+    return Example(index, [vocabs.words.id(w) for w in tokens], src_ext, list(oov),
+                   [vocabs.words.id(w) for w in oov], attrs, dec_in, dec_out, labels)
+
+
+class ImageFeatures:
+    """Per-post reads of one feature group; the h5py files are opened on first use in each process."""
+
+    def __init__(self, paths: list[Path], group: str):
+        self.paths, self.group = [str(p) for p in paths], group
+        self._files, self._pid = None, None
+
+    def __getstate__(self):
+        return {"paths": self.paths, "group": self.group, "_files": None, "_pid": None}
+
+    def read(self, shard: int, row: int) -> tuple[np.ndarray, int]:
+        if self._files is None or self._pid != os.getpid():
+            self._files, self._pid = [h5py.File(p, "r") for p in self.paths], os.getpid()
+        f = self._files[shard]
+        features = f[self.group][row].astype(np.float32)          # (regions, dim)
+        regions = int(f["butd_num_boxes"][row]) if self.group == "butd" else features.shape[0]
+        return features, regions
+
+
+class PostDataset(torch.utils.data.Dataset):
+    def __init__(self, split: Split, vocabs: Vocabularies, config: ModelConfig):
+        self.split, self.config = split, config
+        self.examples = [encode_post(p, i, vocabs, config) for i, p in enumerate(split.posts)]
+        self.vision = None
+        if config.vision != "none" and config.vision in split.features:
+            self.vision = ImageFeatures(split.shard_paths, config.vision)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int):
+        post = self.split.posts[i]
+        image = None
+        if self.vision is not None and post.image_present:
+            image = self.vision.read(post.shard, post.row)
+        return self.examples[i], image
+
+
+@dataclass
+class Batch:
+    index: torch.Tensor         # [B] positions in the split
+    src: torch.Tensor           # [B, L] word ids, PAD-padded
+    src_len: torch.Tensor       # [B]
+    src_ext: torch.Tensor       # [B, L] copy ids
+    oov_word_ids: torch.Tensor  # [B, n_oov] word ids of each post's copy-only words (PAD-padded)
+    attrs: torch.Tensor         # [B, A] attribute word ids (A may be 0)
+    vision: torch.Tensor | None         # [B, R, D] image features (zeros where absent, masked by vision_mask)
+    vision_mask: torch.Tensor | None    # [B, R] True on real regions of present images
+    dec_in: torch.Tensor        # [N, T] one row per (post, keyphrase)
+    dec_out: torch.Tensor       # [N, T]
+    kp_post: torch.Tensor       # [N] the row's post in the batch
+    labels: torch.Tensor        # [N]
+    oov: list[list[str]]
+
+    def to(self, device) -> "Batch":
+        moved = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in vars(self).items()}
+        return Batch(**moved)
+
+    @property
+    def n_oov(self) -> int:
+        return self.oov_word_ids.shape[1]
+
+
+def _pad(rows: list[list[int]], value: int = PAD, min_len: int = 0) -> torch.Tensor:
+    width = max([len(r) for r in rows] + [min_len])
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def collate(items) -> Batch:
+    examples = [e for e, _ in items]
+    images = [img for _, img in items]
+    vision = vision_mask = None
+    known = [img for img in images if img is not None]
+    if known:
+        regions, dim = known[0][0].shape
+        vision = torch.zeros(len(items), regions, dim)
+        vision_mask = torch.zeros(len(items), regions, dtype=torch.bool)
+        for i, img in enumerate(images):
+            if img is not None:
+                vision[i] = torch.from_numpy(img[0])
+                vision_mask[i, :img[1]] = True
+    kp_rows = [(i, din, dout, lab) for i, e in enumerate(examples)
+               for din, dout, lab in zip(e.dec_in, e.dec_out, e.labels)]
+    return Batch(
+        index=torch.tensor([e.index for e in examples]),
+        src=_pad([e.src for e in examples]),
+        src_len=torch.tensor([len(e.src) for e in examples]),
+        src_ext=_pad([e.src_ext for e in examples]),
+        oov_word_ids=_pad([e.oov_word_ids for e in examples]),
+        attrs=_pad([e.attrs for e in examples]),
+        vision=vision, vision_mask=vision_mask,
+        dec_in=_pad([r[1] for r in kp_rows], min_len=1),
+        dec_out=_pad([r[2] for r in kp_rows], min_len=1),
+        kp_post=torch.tensor([r[0] for r in kp_rows], dtype=torch.long),
+        labels=torch.tensor([r[3] for r in kp_rows], dtype=torch.long),
+        oov=[e.oov for e in examples])
+
+
+class LengthBatches(torch.utils.data.Sampler):
+    """Batches of posts of similar source length (less padding in the GRU). Shuffled: posts are shuffled,
+    sorted by length within windows of 50 batches, cut into batches, and the batches shuffled."""
+
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0):
+        self.lengths, self.batch_size, self.shuffle = lengths, batch_size, shuffle
+        self.rng = random.Random(seed)
+
+    def __iter__(self):
+        order = list(range(len(self.lengths)))
+        if self.shuffle:
+            self.rng.shuffle(order)
+        window = self.batch_size * 50
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: self.lengths[i])
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.shuffle:
+            self.rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+def make_loader(dataset: PostDataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0):
+    sampler = LengthBatches([len(e.src) for e in dataset.examples], batch_size, shuffle, seed)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers)
