@@ -22,7 +22,8 @@ from pipeline import __version__, shards
 from pipeline.report import check_counts, iter_rejects, load_counts
 from pipeline.sources import SOURCES
 from pipeline.text_tasks import (  # noqa: F401  (re-exported: luigi --module pipeline.tasks finds every task)
-    CrawlTweets, DatasetTask, ReleaseFeatureShard, ShardTask, SplitPosts, StageTask, TextShard,
+    CrawlTweets, DatasetTask, DedupeImages, FetchImages, FilterHashtags, FilterPosts, ReleaseFeatureShard,
+    ShardTask, SplitPosts, StageTask, TextShard, TokenizePosts,
     chain_parameters, read_jsonl, read_plan, shard_name,
 )
 

@@ -3,9 +3,9 @@
 Stages (each its own task, each output written to a temporary path and renamed, so a file or directory that
 exists is complete; a rerun after a failure or a kill redoes only what is missing):
 
-    CrawlTweets -> SplitPosts -> TextShard(split, shard_index)                         (source cmkp)
-    CrawlTweets -> FetchImages -> CleanPosts -> TokenizePosts -> FilterHashtags -> SplitPosts -> TextShard
-                                                                                     (archive, api, ids)
+    CrawlTweets -> SplitPosts -> TextShard(split, shard_index)                                   (cmkp)
+    CrawlTweets -> FilterPosts -> FetchImages -> DedupeImages -> TokenizePosts -> FilterHashtags
+                -> SplitPosts -> TextShard(split, shard_index)                          (archive, api, ids)
 
 A stage directory `OUT/work/<stage>/` holds `posts.jsonl` (the records kept, one JSON object per line),
 `rejects.jsonl` and `counts.json` (see `pipeline.report`). `SplitPosts` writes `OUT/work/split/{split}.jsonl`
@@ -124,15 +124,143 @@ class CrawlTweets(StageTask):
 
     stage = "crawl"
 
+    def records(self, log: StageLog) -> Iterator[dict]:
+        if self.source == "cmkp":
+            from pipeline.sources.cmkp import read_release
+            return read_release(self.input_path, log)
+        if self.source == "archive":
+            from pipeline.sources.archive import read_archive
+            return read_archive(self.input_path, log)
+        from pipeline.sources.api import crawl_records
+        return crawl_records(self.source, self.input_path, self.path("work", "crawl-pages"), log,
+                             progress=self.set_status_message)
+
     def run(self):
         log = StageLog(self.stage)
         with atomic_directory(self.output()) as tmp:
-            if self.source == "cmkp":
-                from pipeline.sources.cmkp import read_release
-                records = read_release(self.input_path, log)
-            else:
-                raise NotImplementedError(f"source {self.source!r} is not wired into CrawlTweets yet")
-            self.save(tmp, records, log)
+            self.save(tmp, self.records(log), log)
+        self.set_progress_percentage(100)
+
+
+class FilterPosts(StageTask):
+    """The paper's text-level filters (see `pipeline.clean.filter_posts`)."""
+
+    stage = "filter"
+    max_hashtags = luigi.IntParameter(default=5)
+    language = luigi.Parameter(default="en")
+
+    def requires(self):
+        return CrawlTweets(**self.dataset())
+
+    def run(self):
+        from pipeline.clean import filter_posts
+
+        log = StageLog(self.stage)
+        with atomic_directory(self.output()) as tmp:
+            self.save(tmp, filter_posts(self.upstream_records(), log, self.max_hashtags, self.language), log)
+        self.set_progress_percentage(100)
+
+
+class FetchImages(StageTask):
+    """Each post's one photo fetched (or read from the archive), checked, decoded and stored by content hash
+    in `OUT/images/` (see `pipeline.clean.fetch_images`)."""
+
+    stage = "images"
+    max_bytes = luigi.IntParameter(default=20 * 1024 * 1024, description="size cap of one image file")
+    max_pixels = luigi.IntParameter(default=89_478_485, description="pixel cap (decompression bombs)")
+    require_jpeg = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                       description="the paper's rule: only JPEG bytes are kept")
+    timeout = luigi.FloatParameter(default=20.0, description="seconds per HTTP request")
+    retries = luigi.IntParameter(default=3, description="HTTP retries, with exponential backoff")
+
+    def requires(self):
+        return FilterPosts(**self.dataset())
+
+    def run(self):
+        from pipeline.clean import fetch_images
+        from pipeline.fetch import ImageStore, download, make_session
+
+        session = make_session(retries=self.retries)
+        records = list(self.upstream_records())
+        log = StageLog(self.stage)
+
+        def get(url: str) -> bytes:
+            return download(session, url, self.max_bytes, self.timeout)
+
+        def counted(records: list[dict]) -> Iterator[dict]:
+            for i, record in enumerate(records):
+                if i % 100 == 0:
+                    self.set_progress_percentage(int(100 * i / max(len(records), 1)))
+                yield record
+
+        store = ImageStore(self.dataset_dir)
+        kept = fetch_images(counted(records), log, store, get, self.max_bytes, self.max_pixels, self.require_jpeg)
+        with atomic_directory(self.output()) as tmp:
+            self.save(tmp, kept, log)
+        self.set_progress_percentage(100)
+
+
+class DedupeImages(StageTask):
+    """Posts whose image repeats an earlier one, exactly or nearly (dHash), are removed."""
+
+    stage = "dedupe"
+    max_distance = luigi.IntParameter(default=4, description="dHash Hamming distance counted as duplicate")
+
+    def requires(self):
+        return FetchImages(**self.dataset())
+
+    def run(self):
+        from pipeline.clean import dedupe_images
+
+        log = StageLog(self.stage)
+        with atomic_directory(self.output()) as tmp:
+            self.save(tmp, dedupe_images(self.upstream_records(), log, self.max_distance), log)
+        self.set_progress_percentage(100)
+
+
+class TokenizePosts(StageTask):
+    """Hashtags segmented (statistics mixed with this corpus's own words), posts tokenized, short ones removed."""
+
+    stage = "tokenize"
+    min_tokens = luigi.IntParameter(default=4)
+    segmenter_stats_from = luigi.ListParameter(default=[], description="extra corpora for the word statistics")
+    segmenter_learn_from = luigi.ListParameter(default=[], description="CMKP *_src.txt files to learn from")
+
+    def requires(self):
+        return DedupeImages(**self.dataset())
+
+    def run(self):
+        from pipeline.clean import tokenize_posts
+        from pipeline.segment import build_segmenter
+        from pipeline.text import PostTokenizer
+
+        records = list(self.upstream_records())
+        self.set_status_message("building the hashtag segmenter")
+        segmenter = build_segmenter(corpus_texts=[r["text"] for r in records],
+                                    stats_from=self.segmenter_stats_from, learn_from=self.segmenter_learn_from)
+        self.set_progress_percentage(50)
+        log = StageLog(self.stage)
+        with atomic_directory(self.output()) as tmp:
+            self.save(tmp, tokenize_posts(records, log, PostTokenizer(segmenter), self.min_tokens), log)
+        self.set_progress_percentage(100)
+
+
+class FilterHashtags(StageTask):
+    """Keyphrases used by fewer than `min_hashtag_count` posts are removed, then posts left without any."""
+
+    stage = "hashtags"
+    min_hashtag_count = luigi.IntParameter(default=10)
+
+    def requires(self):
+        return TokenizePosts(**self.dataset())
+
+    def run(self):
+        from pipeline.clean import filter_hashtags
+
+        log = StageLog(self.stage)
+        records = list(self.upstream_records())
+        with atomic_directory(self.output()) as tmp:
+            self.save(tmp, filter_hashtags(records, log, self.min_hashtag_count), log)
         self.set_progress_percentage(100)
 
 
@@ -148,7 +276,10 @@ class SplitPosts(DatasetTask):
     valid_fraction = luigi.FloatParameter(default=0.1)
 
     def requires(self):
-        return CrawlTweets(**self.dataset())
+        # A CMKP release is already clean, tokenized and segmented.
+        if self.source == "cmkp":
+            return CrawlTweets(**self.dataset())
+        return FilterHashtags(**self.dataset())
 
     def output(self):
         return luigi.LocalTarget(str(self.path("work", "split")))

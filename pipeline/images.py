@@ -1,0 +1,112 @@
+"""Image validation (decode once, under a pixel cap) and the perceptual hash used to find near-duplicates.
+
+Paper rule: a post keeps its image only if it is a decodable colour JPEG. Decisions made here:
+- the format comes from the bytes (Pillow's own identification), never from a file name or URL;
+- with `require_jpeg` (the default, the paper's rule) any other format is rejected with reason `not_jpeg`,
+  e.g. a PNG renamed `.jpg`; without it, PNG/WebP/GIF/... are accepted after conversion to RGB;
+- CMYK, palette, RGBA and other colour modes are converted to RGB; grayscale is rejected (`grayscale`): modes
+  L, 1, LA, I, F (and 16-bit variants), and RGB images whose three channels are equal (to within
+  `gray_tolerance`, since JPEG decoding of a gray image can leave channels one or two levels apart).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
+GRAYSCALE_MODES = {"L", "1", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+class ImageRejected(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class ValidImage:
+    image: Image.Image  # RGB, fully decoded
+    format: str  # Pillow's name of the format found in the bytes, e.g. "JPEG"
+    width: int
+    height: int
+
+
+def validate_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, require_jpeg: bool = True,
+                   gray_tolerance: int = 2) -> ValidImage:
+    """Decode `data` fully and return it as RGB, or raise `ImageRejected` with the reason."""
+    if not data:
+        raise ImageRejected("empty_file", "0 bytes")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageRejected("not_an_image", f"{len(data)} bytes, format not recognised") from None
+    except Image.DecompressionBombError as err:
+        raise ImageRejected("too_large", str(err)) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        # A known format whose header is cut short.
+        raise ImageRejected("truncated", f"header: {err}") from None
+    width, height = img.size
+    # Checked before decoding: a small file can declare an enormous canvas (decompression bomb).
+    if width * height > max_pixels:
+        raise ImageRejected("too_large", f"{width}x{height} pixels > {max_pixels}")
+    if width == 0 or height == 0:
+        raise ImageRejected("not_an_image", f"{width}x{height} pixels")
+    if require_jpeg and img.format != "JPEG":
+        raise ImageRejected("not_jpeg", f"the bytes are {img.format}")
+    try:
+        img.load()
+    except Image.DecompressionBombError as err:
+        raise ImageRejected("too_large", str(err)) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        # Pillow reports a file cut short as "image file is truncated" (OSError).
+        raise ImageRejected("truncated", str(err)) from None
+    if img.mode in GRAYSCALE_MODES:
+        raise ImageRejected("grayscale", f"mode {img.mode}")
+    rgb = img if img.mode == "RGB" else img.convert("RGBA" if "transparency" in img.info else "RGB").convert("RGB")
+    pixels = np.asarray(rgb, dtype=np.int16)
+    if (np.abs(pixels[..., 0] - pixels[..., 1]).max() <= gray_tolerance
+            and np.abs(pixels[..., 1] - pixels[..., 2]).max() <= gray_tolerance):
+        raise ImageRejected("grayscale", f"{img.mode} image with equal channels")
+    return ValidImage(image=rgb, format=img.format or "", width=width, height=height)
+
+
+def dhash(image: Image.Image) -> int:
+    """64-bit difference hash: grayscale, resize to 9x8, one bit per horizontally adjacent pixel pair."""
+    small = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return int(sum(1 << i for i, bit in enumerate(bits) if bit))
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
+class NearDuplicateIndex:
+    """Finds a stored hash within `max_distance` bits of a query without comparing against all of them.
+
+    Pigeonhole: split the 64 bits into `max_distance + 1` bands; two hashes at distance <= max_distance agree
+    exactly on at least one band, so only hashes sharing a band value are candidates (exact, not approximate).
+    """
+
+    def __init__(self, max_distance: int = 4):
+        self.max_distance = max_distance
+        n_bands = max_distance + 1
+        edges = [round(64 * i / n_bands) for i in range(n_bands + 1)]
+        self.bands = [(lo, (1 << (hi - lo)) - 1) for lo, hi in zip(edges, edges[1:])]
+        self.tables: list[dict[int, list[tuple[int, str]]]] = [{} for _ in self.bands]
+
+    def find(self, h: int) -> str | None:
+        """The key of the first stored hash within the distance, or None."""
+        for (shift, mask), table in zip(self.bands, self.tables):
+            for other, key in table.get((h >> shift) & mask, ()):
+                if hamming(h, other) <= self.max_distance:
+                    return key
+        return None
+
+    def add(self, h: int, key: str) -> None:
+        for (shift, mask), table in zip(self.bands, self.tables):
+            table.setdefault((h >> shift) & mask, []).append((h, key))

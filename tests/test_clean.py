@@ -1,0 +1,74 @@
+"""Every filter with its rejection reason, and reconciled counts, on the tests' own tiny archive."""
+from __future__ import annotations
+
+import json
+
+import luigi
+import pytest
+
+from pipeline import shards
+from pipeline.tasks import BuildDataset
+from text_archive_fixture import EXPECTED_REJECTS, KEPT_IDS, write_archive
+
+
+@pytest.fixture
+def small_config():
+    """Hashtags need 2 posts (not 10): the fixture is tiny. Restores luigi's config afterwards."""
+    config = luigi.configuration.get_config()
+    saved = {(s, o): config.get(s, o, None) for s, o in [("FilterHashtags", "min_hashtag_count")]}
+    config.set("FilterHashtags", "min_hashtag_count", "2")
+    yield
+    for (section, option), value in saved.items():
+        if value is None:
+            config.remove_option(section, option)
+        else:
+            config.set(section, option, value)
+
+
+def test_archive_chain_rejects_each_case_with_its_reason(tmp_path, small_config):
+    archive = write_archive(tmp_path / "archive")
+    out = tmp_path / "out"
+    task = BuildDataset(source="archive", input=str(archive), output=str(out))
+    result = luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING", detailed_summary=True)
+    assert result.status == luigi.LuigiStatusCode.SUCCESS
+
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["stages"]) == ["crawl", "filter", "images", "dedupe", "tokenize", "hashtags"]
+    previous_kept = None
+    for stage, counts in report["stages"].items():
+        assert counts["rejected"] == dict(sorted(EXPECTED_REJECTS[stage].items())), stage
+        assert counts["read"] == counts["kept"] + sum(counts["rejected"].values())
+        if previous_kept is not None:
+            assert counts["read"] == previous_kept  # nothing lost between stages
+        previous_kept = counts["kept"]
+    assert report["stages"]["crawl"]["read"] == 20  # 18 tweets + a malformed line + a repeated tweet
+    assert report["stages"]["hashtags"]["kept"] == len(KEPT_IDS)
+
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    by_id = {r["id"]: r["reason"] for r in rejects}
+    assert by_id["3"] == "retweet" and by_id["9"] == "duplicate_text" and by_id["11"] == "not_jpeg"
+    assert by_id["14"] == "duplicate_image" and by_id["15"] == "near_duplicate_image"
+    assert by_id["16"] == "too_few_tokens" and by_id["17"] == "rare_hashtags_only"
+    assert by_id["a.jsonl:2"] == "malformed_json"
+    assert len(rejects) == sum(sum(v.values()) for v in EXPECTED_REJECTS.values())
+
+    kept = {}
+    for split in ("train", "valid", "test"):
+        for path in sorted((out / split).glob("shard-*.h5")):
+            data = shards.read_shard(path)
+            for i, post_id in enumerate(data["post_id"]):
+                kept[post_id] = {k: v[i] for k, v in data.items()}
+    assert sorted(kept) == sorted(KEPT_IDS)
+    first = kept["1"]
+    assert first["tokens"] == "loving the game tonight with friends"  # trailing hashtag removed
+    assert first["keyphrases"] == "super bowl" and first["hashtags"] == "SuperBowl"
+    assert kept["2"]["keyphrases"] == "super bowl;nfl"
+    assert first["image_present"] and first["image_size"].tolist() == [64, 48]
+    assert first["image_url"] == "https://pbs.twimg.com/media/m1.jpg"
+    stored = out / first["image_path"]
+    assert stored.parent.name == first["image_sha256"][:2] and stored.name == first["image_sha256"] + ".jpg"
+    assert shards.sha256_file(stored) == first["image_sha256"]
+    assert kept["18"]["image_present"]  # the CMYK JPEG, converted
+    # Only images that passed validation are stored, once per content: posts 1, 2, 15, 16, 17, 18 (post 14's
+    # bytes are post 1's; posts 10-13 failed validation; the filter stage's rejects were never fetched).
+    assert len(list((out / "images").rglob("*.jpg"))) == 6
