@@ -48,10 +48,12 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-def make_session(retries: int = 3, backoff: float = 0.5) -> requests.Session:
-    """A session retrying connection errors, 429 and 5xx with exponential backoff (honouring Retry-After)."""
+def make_session(retries: int = 3, backoff: float = 0.5,
+                 retry_statuses: tuple[int, ...] = (429, 500, 502, 503, 504)) -> requests.Session:
+    """A session retrying connection errors and `retry_statuses` with exponential backoff (honouring
+    Retry-After)."""
     retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
-                  status_forcelist=(429, 500, 502, 503, 504), allowed_methods=("GET", "HEAD"),
+                  status_forcelist=retry_statuses, allowed_methods=("GET", "HEAD"),
                   respect_retry_after_header=True, raise_on_status=False)
     session = requests.Session()
     adapter = HTTPAdapter(max_retries=retry)

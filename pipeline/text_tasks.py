@@ -123,6 +123,12 @@ class CrawlTweets(StageTask):
     """Import or crawl posts from the source into `OUT/work/crawl/posts.jsonl`."""
 
     stage = "crawl"
+    api_base_url = luigi.Parameter(default="https://api.twitter.com", significant=False,
+                                   description="API v2 server (api and ids sources)")
+    api_endpoint = luigi.ChoiceParameter(default="recent", choices=("recent", "all"),
+                                         description="search/recent or search/all (full archive)")
+    max_pages = luigi.IntParameter(default=0, description="stop the search after this many pages (0: no limit)")
+    token_env = luigi.Parameter(default="TWITTER_BEARER_TOKEN", description="environment variable of the token")
 
     def records(self, log: StageLog) -> Iterator[dict]:
         if self.source == "cmkp":
@@ -132,8 +138,10 @@ class CrawlTweets(StageTask):
             from pipeline.sources.archive import read_archive
             return read_archive(self.input_path, log)
         from pipeline.sources.api import crawl_records
+        # Pages go to their own directory, outside the atomic stage directory: they are the resume point.
         return crawl_records(self.source, self.input_path, self.path("work", "crawl-pages"), log,
-                             progress=self.set_status_message)
+                             base_url=self.api_base_url, endpoint=self.api_endpoint, max_pages=self.max_pages,
+                             token_env=self.token_env, progress=self.set_status_message)
 
     def run(self):
         log = StageLog(self.stage)

@@ -1,0 +1,177 @@
+"""The X/Twitter API v2 client: search (recent or full archive) and id hydration, crawled into page files.
+
+- Bearer token from an environment variable (`TWITTER_BEARER_TOKEN` by default), never a parameter or a file.
+- Rate limits: on HTTP 429 the client sleeps until `x-rate-limit-reset` (epoch seconds) and retries; network
+  errors and 5xx are retried with exponential backoff by urllib3's Retry.
+- Pagination by `meta.next_token`. Every page is written as `page-NNNNN.jsonl` (one twarc2 page per file,
+  write-then-rename) before the next is asked for, so a crawl that dies resumes from the last page written.
+- `ids`: a file of tweet ids (one per line, `#` comments allowed) hydrated in batches of 100 through
+  `GET /2/tweets`; a batch file that exists is not asked for again; ids the API does not return are rejected
+  with reason `unavailable` (the API's error title as detail).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import requests
+
+from pipeline.fetch import make_session
+from pipeline.report import StageLog
+from pipeline.sources.archive import jsonl_lines, read_lines
+
+DEFAULT_BASE_URL = "https://api.twitter.com"
+DEFAULT_QUERY = "has:images has:hashtags lang:en -is:retweet"
+TOKEN_ENV = "TWITTER_BEARER_TOKEN"
+ENDPOINTS = {"recent": "/2/tweets/search/recent", "all": "/2/tweets/search/all"}
+LOOKUP = "/2/tweets"
+BATCH = 100  # the API's limit of ids per lookup
+FIELDS = {
+    "tweet.fields": "id,text,lang,author_id,created_at,entities,attachments,referenced_tweets",
+    "expansions": "attachments.media_keys,author_id",
+    "media.fields": "media_key,type,url,width,height",
+    "user.fields": "id,username",
+}
+PAGE_RE = re.compile(r"^page-(\d{5})\.jsonl$")
+
+
+class ApiError(RuntimeError):
+    pass
+
+
+class ApiClient:
+    def __init__(self, base_url: str = DEFAULT_BASE_URL, token_env: str = TOKEN_ENV, timeout: float = 30.0,
+                 max_rate_limit_waits: int = 10, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time):
+        token = os.environ.get(token_env)
+        if not token:
+            raise ApiError(f"set the bearer token in the environment variable {token_env}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_rate_limit_waits = max_rate_limit_waits
+        self.sleep, self.clock = sleep, clock
+        # 429 is handled here (wait for the reset time), so urllib3 retries only network errors and 5xx.
+        self.session = make_session(retry_statuses=(500, 502, 503, 504))
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def get(self, path: str, params: dict) -> dict:
+        for _ in range(self.max_rate_limit_waits + 1):
+            try:
+                response = self.session.get(self.base_url + path, params=params, timeout=self.timeout)
+            except requests.RequestException as err:
+                raise ApiError(f"GET {path} failed: {err}") from err
+            if response.status_code == 429:
+                reset = response.headers.get("x-rate-limit-reset", "")
+                wait = float(reset) - self.clock() if reset.isdigit() else 60.0
+                self.sleep(max(wait, 1.0))
+                continue
+            if response.status_code != 200:
+                raise ApiError(f"GET {path}: HTTP {response.status_code}: {response.text[:300]}")
+            return response.json()
+        raise ApiError(f"GET {path}: still rate limited after {self.max_rate_limit_waits} waits")
+
+    def search(self, query: str, endpoint: str = "recent", next_token: str | None = None,
+               max_results: int = 100) -> dict:
+        params = {"query": query, "max_results": max_results, **FIELDS}
+        if next_token:
+            params["next_token"] = next_token
+        return self.get(ENDPOINTS[endpoint], params)
+
+    def lookup(self, ids: list[str]) -> dict:
+        if not 0 < len(ids) <= BATCH:
+            raise ValueError(f"lookup takes 1 to {BATCH} ids, got {len(ids)}")
+        return self.get(LOOKUP, {"ids": ",".join(ids), **FIELDS})
+
+
+def _write_page(path: Path, page: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(page, ensure_ascii=False, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def page_files(pages_dir: Path) -> list[Path]:
+    return sorted(p for p in pages_dir.glob("page-*.jsonl") if PAGE_RE.match(p.name))
+
+
+def crawl_search(client: ApiClient, query: str, pages_dir: Path, endpoint: str = "recent", max_pages: int = 0,
+                 max_results: int = 100, progress: Callable[[str], None] = lambda message: None) -> list[Path]:
+    """Search pages into `pages_dir`, resuming after the last page already there. `max_pages` 0: no limit."""
+    pages_dir.mkdir(parents=True, exist_ok=True)
+    written = page_files(pages_dir)
+    next_token = None
+    if written:
+        last = json.loads(written[-1].read_text())
+        next_token = (last.get("meta") or {}).get("next_token")
+        if not next_token:
+            return written  # the crawl had reached its end
+    while not max_pages or len(written) < max_pages:
+        page = client.search(query, endpoint, next_token, max_results)
+        path = pages_dir / f"page-{len(written):05d}.jsonl"
+        _write_page(path, page)
+        written.append(path)
+        progress(f"crawled {len(written)} pages")
+        next_token = (page.get("meta") or {}).get("next_token")
+        if not next_token:
+            break
+    return written
+
+
+def read_ids(path: str | Path) -> list[str]:
+    ids = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            if not line.isdigit():
+                raise ValueError(f"{path}: {line!r} is not a tweet id")
+            ids.append(line)
+    return ids
+
+
+def hydrate(client: ApiClient, ids: list[str], pages_dir: Path,
+            progress: Callable[[str], None] = lambda message: None) -> list[Path]:
+    """Look `ids` up in batches of 100, one page file per batch; batches already written are skipped."""
+    pages_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, start in enumerate(range(0, len(ids), BATCH)):
+        path = pages_dir / f"page-{number:05d}.jsonl"
+        batch = ids[start:start + BATCH]
+        if not path.exists():
+            page = client.lookup(batch)
+            page["__cmkp"] = {"requested_ids": batch}
+            _write_page(path, page)
+        paths.append(path)
+        progress(f"hydrated {min(start + BATCH, len(ids))} of {len(ids)} ids")
+    return paths
+
+
+def unavailable_ids(paths: list[Path], log: StageLog) -> None:
+    """Reject the requested ids a lookup page did not return."""
+    for path in paths:
+        page = json.loads(path.read_text())
+        returned = {str(t.get("id")) for t in page.get("data") or []}
+        errors = {str(e.get("resource_id", e.get("value", ""))): e.get("title", "") for e in page.get("errors") or []}
+        for tweet_id in page.get("__cmkp", {}).get("requested_ids", []):
+            if tweet_id not in returned:
+                log.reject(tweet_id, "unavailable", errors.get(tweet_id, "not returned by the API"))
+
+
+def crawl_records(source: str, input_path: str, pages_dir: Path, log: StageLog, base_url: str = DEFAULT_BASE_URL,
+                  endpoint: str = "recent", max_pages: int = 0, token_env: str = TOKEN_ENV,
+                  progress: Callable[[str], None] = lambda message: None) -> Iterator[dict]:
+    """Crawl (`api`: input is the query) or hydrate (`ids`: input is the id file), then read the pages."""
+    client = ApiClient(base_url, token_env)
+    if source == "api":
+        paths = crawl_search(client, input_path or DEFAULT_QUERY, Path(pages_dir), endpoint, max_pages,
+                             progress=progress)
+    elif source == "ids":
+        paths = hydrate(client, read_ids(input_path), Path(pages_dir), progress=progress)
+        unavailable_ids(paths, log)
+    else:
+        raise ValueError(f"source {source!r} is not crawled through the API")
+    return read_lines(jsonl_lines(paths), log, files={})

@@ -1,0 +1,201 @@
+"""The API v2 client against a loopback server that speaks the protocol: pagination, a 429 with
+`x-rate-limit-reset`, a crawl that dies and resumes, id hydration; and image downloads. Never a live call."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import luigi
+import pytest
+
+from pipeline.fetch import FetchError, download, make_session
+from pipeline.report import StageLog
+from pipeline.sources import api
+from pipeline.text_tasks import CrawlTweets, read_jsonl
+from text_archive_fixture import colour_jpeg, tweet
+
+TOKEN = "test-token"
+TWEETS = {str(i): tweet(i, f"Post number {i} about the game #SuperBowl", [f"m{i}"]) for i in range(1, 8)}
+MEDIA = {f"m{i}": {"media_key": f"m{i}", "type": "photo", "url": f"/media/m{i}.jpg"} for i in range(1, 8)}
+# Search results: three pages linked by next_token.
+PAGES = {None: (["1", "2", "3"], "t1"), "t1": (["4", "5", "6"], "t2"), "t2": (["7"], None)}
+
+
+class Server:
+    """State shared with the handler: what to answer and every request seen."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, dict]] = []
+        self.rate_limit_once: set[str | None] = set()  # next_tokens answered once with 429
+        self.fail_once: set[str | None] = set()  # next_tokens answered once with 400 (a crash mid-crawl)
+        self.flaky = 1  # /media/flaky.jpg: 503 this many times, then 200
+
+
+def handler_for(state: Server):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def reply(self, status: int, body: bytes, content_type="application/json", headers=()):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in headers:
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def page(self, ids):
+            return {"data": [TWEETS[i] for i in ids if i in TWEETS],
+                    "includes": {"media": [dict(MEDIA[f"m{i}"], url=self.base() + MEDIA[f"m{i}"]["url"])
+                                           for i in ids if i in TWEETS]}}
+
+        def base(self):
+            return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+        def do_GET(self):
+            url = urlsplit(self.path)
+            query = {k: v[0] for k, v in parse_qs(url.query).items()}
+            state.requests.append((url.path, query))
+            if url.path.startswith("/media/"):
+                if url.path == "/media/flaky.jpg" and state.flaky > 0:
+                    state.flaky -= 1
+                    return self.reply(503, b"busy", "text/plain")
+                if url.path == "/media/big.jpg":
+                    return self.reply(200, b"\xff\xd8\xff" + b"0" * 5000, "image/jpeg")
+                key = url.path.rsplit("/", 1)[1].split(".")[0]
+                if key in MEDIA or key == "flaky":
+                    return self.reply(200, colour_jpeg(1), "image/jpeg")
+                return self.reply(404, b"not found", "text/plain")
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                return self.reply(401, b'{"title": "Unauthorized"}')
+            if url.path in api.ENDPOINTS.values():
+                token = query.get("next_token")
+                if token in state.rate_limit_once:
+                    state.rate_limit_once.discard(token)
+                    reset = str(int(time.time()) + 30)
+                    return self.reply(429, b'{"title": "Too Many Requests"}', headers=[("x-rate-limit-reset", reset)])
+                if token in state.fail_once:
+                    state.fail_once.discard(token)
+                    return self.reply(400, b'{"title": "Invalid Request"}')
+                ids, next_token = PAGES[token]
+                body = self.page(ids)
+                body["meta"] = {"result_count": len(ids), **({"next_token": next_token} if next_token else {})}
+                return self.reply(200, json.dumps(body).encode())
+            if url.path == api.LOOKUP:
+                ids = query["ids"].split(",")
+                body = self.page(ids)
+                body["errors"] = [{"resource_id": i, "title": "Not Found Error"} for i in ids if i not in TWEETS]
+                return self.reply(200, json.dumps(body).encode())
+            return self.reply(404, b'{"title": "Not Found"}')
+
+    return Handler
+
+
+@pytest.fixture
+def server():
+    state = Server()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(state))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def token(monkeypatch):
+    monkeypatch.setenv("CMKP_TEST_TOKEN", TOKEN)
+    return "CMKP_TEST_TOKEN"
+
+
+def test_search_paginates_and_waits_out_a_429(server, token, tmp_path):
+    server.rate_limit_once.add("t1")
+    waits = []
+    client = api.ApiClient(server.url, token, sleep=waits.append, clock=lambda: time.time())
+    paths = api.crawl_search(client, "has:images", tmp_path / "pages")
+    assert [p.name for p in paths] == ["page-00000.jsonl", "page-00001.jsonl", "page-00002.jsonl"]
+    assert len(waits) == 1 and 25 <= waits[0] <= 31  # slept until x-rate-limit-reset (now + 30 s)
+    searches = [q for path, q in server.requests if path == api.ENDPOINTS["recent"]]
+    assert [q.get("next_token") for q in searches] == [None, "t1", "t1", "t2"]  # the 429'd page asked again
+    assert searches[0]["query"] == "has:images" and "attachments.media_keys" in searches[0]["expansions"]
+    log = StageLog("crawl")
+    records = list(api.read_lines(api.jsonl_lines(paths), log, files={}))
+    assert [r["id"] for r in records] == [str(i) for i in range(1, 8)]
+    assert records[0]["media"][0]["url"] == server.url + "/media/m1.jpg"
+    assert log.counts() == {"read": 7, "kept": 7, "rejected": {}}
+
+
+def test_a_crawl_that_dies_resumes_from_the_last_page_written(server, token, tmp_path):
+    server.fail_once.add("t2")
+    client = api.ApiClient(server.url, token, sleep=lambda s: None)
+    with pytest.raises(api.ApiError, match="HTTP 400"):
+        api.crawl_search(client, "q", tmp_path / "pages")
+    assert [p.name for p in api.page_files(tmp_path / "pages")] == ["page-00000.jsonl", "page-00001.jsonl"]
+    before = len(server.requests)
+    paths = api.crawl_search(client, "q", tmp_path / "pages")
+    assert [q.get("next_token") for _, q in server.requests[before:]] == ["t2"]  # pages 0 and 1 not re-fetched
+    assert len(paths) == 3
+    before = len(server.requests)
+    assert len(api.crawl_search(client, "q", tmp_path / "pages")) == 3  # finished crawl: nothing asked
+    assert len(server.requests) == before
+
+
+def test_hydrate_ids_in_batches_of_100_and_reject_missing(server, token, tmp_path, monkeypatch):
+    monkeypatch.setattr(api, "BATCH", 3)  # 5 ids -> batches of 3 and 2, like 100s on the real service
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("# shared ids\n1\n2\n999\n4\n5\n")
+    log = StageLog("crawl")
+    records = list(api.crawl_records("ids", str(ids_file), tmp_path / "pages", log, base_url=server.url,
+                                     token_env=token))
+    lookups = [q["ids"] for path, q in server.requests if path == api.LOOKUP]
+    assert lookups == ["1,2,999", "4,5"]
+    assert [r["id"] for r in records] == ["1", "2", "4", "5"]
+    assert log.counts() == {"read": 5, "kept": 4, "rejected": {"unavailable": 1}}
+    assert log.rejects[0] == {"id": "999", "stage": "crawl", "reason": "unavailable", "detail": "Not Found Error"}
+    # Rerun: the batch files exist, nothing is asked again.
+    before = len(server.requests)
+    list(api.crawl_records("ids", str(ids_file), tmp_path / "pages", StageLog("crawl"), base_url=server.url,
+                           token_env=token))
+    assert len(server.requests) == before
+
+
+def test_missing_token_and_wrong_token_are_clear_errors(server, tmp_path, monkeypatch):
+    monkeypatch.delenv("CMKP_NO_SUCH_TOKEN", raising=False)
+    with pytest.raises(api.ApiError, match="CMKP_NO_SUCH_TOKEN"):
+        api.ApiClient(server.url, "CMKP_NO_SUCH_TOKEN")
+    monkeypatch.setenv("CMKP_WRONG_TOKEN", "nope")
+    with pytest.raises(api.ApiError, match="HTTP 401"):
+        api.ApiClient(server.url, "CMKP_WRONG_TOKEN").search("q")
+
+
+def test_crawl_task_with_the_api_source(server, token, tmp_path):
+    task = CrawlTweets(source="api", input_path="has:images", dataset_dir=str(tmp_path / "out"),
+                       api_base_url=server.url, token_env=token, max_pages=2)
+    assert luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
+    records = list(read_jsonl(tmp_path / "out" / "work" / "crawl" / "posts.jsonl"))
+    assert [r["id"] for r in records] == ["1", "2", "3", "4", "5", "6"]
+    assert json.loads((tmp_path / "out" / "work" / "crawl" / "counts.json").read_text())["kept"] == 6
+
+
+def test_download_checks_scheme_status_size_and_retries(server):
+    session = make_session(retries=2, backoff=0.01)
+    assert download(session, server.url + "/media/m1.jpg") == colour_jpeg(1)
+    assert download(session, server.url + "/media/flaky.jpg") == colour_jpeg(1)  # a 503, retried
+    with pytest.raises(FetchError) as err:
+        download(session, server.url + "/media/none.jpg")
+    assert err.value.reason == "http_error" and "404" in err.value.detail
+    with pytest.raises(FetchError) as err:
+        download(session, server.url + "/media/big.jpg", max_bytes=1000)
+    assert err.value.reason == "too_large"
+    for url in ("file:///etc/passwd", "ftp://example.org/a.jpg", "/media/m1.jpg"):
+        with pytest.raises(FetchError) as err:
+            download(session, url)
+        assert err.value.reason == "bad_url"
+    with pytest.raises(FetchError) as err:
+        download(session, "http://127.0.0.1:9/closed.jpg", timeout=2)
+    assert err.value.reason == "network_error"
