@@ -20,18 +20,20 @@ from model.metrics import (compute_breakdowns, compute_metrics, count_keyphrases
 HEADLINE = ("f1@1", "f1@3", "map@5")
 
 
-def _row(name: str, scores: dict) -> str:
-    values = "  ".join(f"{scores.get(k, float('nan')):6.2f}" for k in HEADLINE)
-    return f"{name:<22}{values}  {scores['num_posts']:>6}"
-
-
 def format_report(metrics: dict, breakdowns: dict | None = None) -> str:
-    lines = [f"{'':<22}{'F1@1':>6}  {'F1@3':>6}  {'MAP@5':>6}  {'posts':>6}", _row("all", metrics)]
+    """One row per group: F1@1, F1@3, MAP@5 and the number of posts it covers."""
+    rows = [("all", metrics)]
     for name, section in (breakdowns or {}).items():
         if "num_posts" in section:  # present / absent: one metric dict
-            lines.append(_row(name, section))
+            rows.append((name, section))
         else:  # bucketed: one metric dict per bucket
-            lines.extend(_row(f"{name} {bucket}", scores) for bucket, scores in section.items())
+            rows.extend((f"{name} {bucket}", scores) for bucket, scores in section.items())
+    width = max(len(name) for name, _ in rows) + 2
+    lines = [f"{'':<{width}}{'F1@1':>6}  {'F1@3':>6}  {'MAP@5':>6}  {'posts':>6}"]
+    for name, scores in rows:
+        # a group with no posts has no scores
+        values = "  ".join(f"{scores.get(k, float('nan')):6.2f}" for k in HEADLINE)
+        lines.append(f"{name:<{width}}{values}  {scores['num_posts']:>6}")
     return "\n".join(lines)
 
 

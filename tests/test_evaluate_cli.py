@@ -50,8 +50,8 @@ def test_breakdown_with_train_labels(tmp_path, files):
     assert result.exit_code == 0, result.output
     b = json.loads(result.output)["breakdown"]
     assert b["present"]["num_posts"] == 2 and b["absent"]["num_posts"] == 1
-    assert list(b["keyphrase_frequency"]) == ["0", "1-10"]
-    assert b["keyphrase_frequency"]["1-10"]["num_posts"] == 1
+    assert list(b["keyphrase_frequency"]) == ["0", "1-5"]
+    assert b["keyphrase_frequency"]["1-5"]["num_posts"] == 1
     assert list(b["post_length"]) == ["0-10"]
     text = CliRunner().invoke(main, ["--pred", str(pred), "--gold", str(gold), "--breakdown"])
     assert text.exit_code == 0

@@ -95,10 +95,10 @@ def test_frequency_and_length_breakdowns():
     b = compute_breakdowns(BREAKDOWN_PREDICTIONS, BREAKDOWN_GOLD, SOURCES, counts,
                            length_edges=(3,))
     freq = b["keyphrase_frequency"]
-    assert list(freq) == ["0", "1-10", "11-100"]
+    assert list(freq) == ["0", "1-5", "6-20"]
     assert freq["0"]["num_posts"] == 1 and freq["0"]["p@1"] == 0.0  # post 2: nothing / x
-    assert freq["1-10"]["num_posts"] == 1 and freq["1-10"]["f1@1"] == pytest.approx(100.0)
-    assert freq["11-100"]["num_posts"] == 1 and freq["11-100"]["map@5"] == pytest.approx(100.0)
+    assert freq["1-5"]["num_posts"] == 1 and freq["1-5"]["f1@1"] == pytest.approx(100.0)
+    assert freq["6-20"]["num_posts"] == 1 and freq["6-20"]["map@5"] == pytest.approx(100.0)
     length = b["post_length"]
     assert list(length) == ["0-2", "3+"]
     assert length["3+"]["p@1"] == pytest.approx(100.0) and length["3+"]["r@1"] == pytest.approx(50.0)
