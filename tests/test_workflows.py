@@ -11,7 +11,8 @@ from workflows.experiments import (AblationSuite, CmkpBenchmark, ProtocolFolds, 
                                    markdown_table, summarize_runs)
 
 # Writes metrics.json like cmkp-train: f1@1 = seed + 10 for config "a", + 20 otherwise; f1@3 is
-# the thread count it was given (must be 1); each call is appended to calls.txt next to the data.
+# the thread count it was given (must be 1); each call is appended to calls.txt next to the data;
+# config "b" also writes the trainer's run.json with an epoch history.
 FAKE_TRAINER = textwrap.dedent("""\
     import argparse, json, os, pathlib, sys
     p = argparse.ArgumentParser()
@@ -29,6 +30,10 @@ FAKE_TRAINER = textwrap.dedent("""\
     scores = {"f1@1": a.seed + base, "f1@3": float(os.environ["OMP_NUM_THREADS"]), "map@5": 50.0}
     out = pathlib.Path(a.out)
     (out / "metrics.json").write_text(json.dumps({"valid": scores, "test": scores}))
+    if a.config == "b":  # cmkp-train's run.json: per-epoch CPU seconds and decoding speed
+        history = [{"epoch": 1, "train_cpu_s": 10.0 * a.seed, "decode_posts_per_s": 100.0},
+                   {"epoch": 2, "train_cpu_s": 20.0 * a.seed, "decode_posts_per_s": 200.0}]
+        (out / "run.json").write_text(json.dumps({"seed": a.seed, "history": history}))
     print("epoch 1 loss 1.0")
 """)
 
@@ -108,13 +113,17 @@ def test_ablation_suite_tables_mean_and_std(tmp_path, trainer, shards):
     assert rows["b"]["f1@1"]["mean"] == pytest.approx(21.5)
     assert rows["a"]["f1@3"]["values"] == [1.0, 1.0]  # one thread was passed to every run
     assert rows["b"]["map@5"] == {"mean": 50.0, "std": 0.0, "values": [50.0, 50.0]}
+    # epoch means per run: seed 1 -> 15 CPU-s/epoch, seed 2 -> 30; decoding 150 posts/s
+    assert rows["b"]["train_cpu_s"]["values"] == [15.0, 30.0]
+    assert rows["b"]["decode_posts_per_s"]["mean"] == 150.0
+    assert rows["a"]["train_cpu_s"] is None  # this trainer wrote no epoch history for "a"
     table = (work / "results" / "ablation-suite.md").read_text()
-    assert "| a | 11.50 ± 0.71 | 1.00 ± 0.00 | 50.00 ± 0.00 |" in table
-    assert "| b | 21.50 ± 0.71 |" in table
+    assert "| a | 11.50 ± 0.71 | 1.00 ± 0.00 | 50.00 ± 0.00 | – | – |" in table
+    assert "| b | 21.50 ± 0.71 | 1.00 ± 0.00 | 50.00 ± 0.00 | 22.5 ± 10.6 | 150 ± 0 |" in table
     run_dir = work / "runs" / "a" / "seed-2"
-    run = json.loads((run_dir / "run.json").read_text())
+    run = json.loads((run_dir / "workflow.json").read_text())
     assert run["cpu_s"] > 0 and run["command"][-2:] == ["--extra", "x y"]
-    assert "epoch 1 loss" in (run_dir / "train.log").read_text()
+    assert "epoch 1 loss" in (run_dir / "trainer-output.log").read_text()
     assert len(calls(shards)) == 4
     assert all("--epochs 2" in c and "--device cpu" in c for c in calls(shards))
     # a second build finds every output and trains nothing again
@@ -128,7 +137,7 @@ def test_seed_suite_and_failed_run_leaves_nothing(tmp_path, trainer, shards):
                            trainer=trainer))
     summary = json.loads((work / "results" / "seeds-b.json").read_text())
     assert summary["rows"][0]["f1@1"] == {"mean": 23.0, "std": None, "values": [23.0]}
-    assert "| b | 23.00 | 1.00 | 50.00 |" in (work / "results" / "seeds-b.md").read_text()
+    assert "| b | 23.00 | 1.00 | 50.00 | 45.0 | 150 |" in (work / "results" / "seeds-b.md").read_text()
 
     assert not build(SeedSuite(config="broken", seeds=(1,), shards_dir=str(shards),
                                work_dir=str(work), trainer=trainer))
@@ -137,7 +146,8 @@ def test_seed_suite_and_failed_run_leaves_nothing(tmp_path, trainer, shards):
 
 
 def test_summarize_runs_orders_configs_and_formats_table():
-    runs = [{"config": c, "seed": s, "cpu_s": 10.0 * s,
+    runs = [{"config": c, "seed": s, "cpu_s": 10.0 * s, "train_cpu_s": 1.0 * s,
+             "decode_posts_per_s": None if c == "y" else 90.0,
              "metrics": {"valid": {"f1@1": f, "f1@3": 1.0, "map@5": 2.0}}}
             for c, s, f in [("z", 1, 30.0), ("y", 1, 20.0), ("z", 2, 32.0), ("z", 3, 34.0)]]
     rows = summarize_runs(runs, "valid")
@@ -145,8 +155,8 @@ def test_summarize_runs_orders_configs_and_formats_table():
     assert rows[0]["f1@1"]["mean"] == 32.0 and rows[0]["f1@1"]["std"] == 2.0
     assert rows[0]["cpu_s"]["mean"] == 20.0
     table = markdown_table({"split": "valid", "threads": 1, "rows": rows})
-    assert "| z | 32.00 ± 2.00 | 1.00 ± 0.00 | 2.00 ± 0.00 | 20 ± 10 | 1, 2, 3 |" in table
-    assert "| y | 20.00 | 1.00 | 2.00 | 10 | 1 |" in table
+    assert "| z | 32.00 ± 2.00 | 1.00 ± 0.00 | 2.00 ± 0.00 | 2.0 ± 1.0 | 90 ± 0 | 20 ± 10 | 1, 2, 3 |" in table
+    assert "| y | 20.00 | 1.00 | 2.00 | 1.0 | – | 10 | 1 |" in table
 
 
 def test_benchmark_defaults_are_the_issue_protocol():

@@ -37,6 +37,10 @@ import luigi
 
 HEADLINE = ("f1@1", "f1@3", "map@5")  # the keys of metrics.json's per-split dicts that the table shows
 STATUS_EVERY_S = 5.0  # how often a running TrainRun copies the trainer's last log line to its status
+TRAINER_OUTPUT = "trainer-output.log"  # a run's stdout + stderr, in its run directory
+WORKFLOW_RECORD = "workflow.json"  # the command and its measured wall and CPU seconds
+# Per-epoch figures of cmkp-train's run.json "history" that the table averages when present.
+EPOCH_FIGURES = ("train_cpu_s", "decode_posts_per_s")
 
 
 class CommaListParameter(luigi.Parameter):
@@ -212,8 +216,9 @@ class TrainRun(ExperimentTask):
     """WORK/runs/<config>/seed-<S>/metrics.json: one `cmkp-train` run in a subprocess.
 
     The trainer writes into a temporary run directory that is renamed when it succeeded; next to
-    its metrics.json, checkpoint and predictions we keep train.log (its output) and run.json (the
-    command and its measured wall and CPU seconds).
+    its own files (metrics.json, checkpoint, predictions, train.log, run.json) we keep
+    trainer-output.log (its stdout and stderr) and workflow.json (the command and its measured wall
+    and CPU seconds).
     """
 
     config = luigi.Parameter()
@@ -251,7 +256,7 @@ class TrainRun(ExperimentTask):
         tmp.mkdir(parents=True)
         cmd = self.command(tmp)
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
-        log_path = tmp / "train.log"
+        log_path = tmp / TRAINER_OUTPUT
         self.set_status_message(f"training {self.config} seed {self.seed}")
         start = time.monotonic()
         with open(log_path, "wb") as log:
@@ -272,7 +277,7 @@ class TrainRun(ExperimentTask):
             raise RuntimeError(f"{metrics_path} has no {self.split!r} scores with keys {HEADLINE}")
         run = {"config": self.config, "seed": self.seed, "command": cmd, "threads": self.threads,
                "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
-        (tmp / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+        (tmp / WORKFLOW_RECORD).write_text(json.dumps(run, indent=1) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
 
@@ -310,7 +315,7 @@ def _last_line(path: Path) -> str:
 def summarize_runs(runs: list[dict], split: str) -> list[dict]:
     """Rows of mean and sample std (n - 1; None with a single seed) over seeds, per config, in
     the order configs first appear. Each run: {"config", "seed", "metrics" (metrics.json),
-    "cpu_s"}."""
+    "cpu_s" (the whole run), and per EPOCH_FIGURES key its mean over epochs or None}."""
     by_config: dict[str, list[dict]] = {}
     for run in runs:
         by_config.setdefault(run["config"], []).append(run)
@@ -319,15 +324,20 @@ def summarize_runs(runs: list[dict], split: str) -> list[dict]:
         row = {"config": config, "seeds": [r["seed"] for r in group]}
         series = {k: [float(r["metrics"][split][k]) for r in group] for k in HEADLINE}
         series["cpu_s"] = [float(r["cpu_s"]) for r in group]
+        for key in EPOCH_FIGURES:
+            values = [r.get(key) for r in group]
+            series[key] = None if None in values else [float(v) for v in values]
         for key, values in series.items():
-            row[key] = {"mean": statistics.fmean(values),
-                        "std": statistics.stdev(values) if len(values) > 1 else None,
-                        "values": values}
+            row[key] = None if values is None else {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else None, "values": values}
         rows.append(row)
     return rows
 
 
-def _cell(stat: dict, digits: int) -> str:
+def _cell(stat: dict | None, digits: int) -> str:
+    if stat is None:
+        return "–"
     if stat["std"] is None or math.isnan(stat["std"]):
         return f"{stat['mean']:.{digits}f}"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
@@ -335,16 +345,30 @@ def _cell(stat: dict, digits: int) -> str:
 
 def markdown_table(summary: dict) -> str:
     """The summary as a Markdown table: mean ± std over seeds."""
-    lines = [f"Scores on `{summary['split']}` (percent, the CMKP authors' evaluator): mean ± sample "
-             f"std over seeds; training CPU seconds per run ({summary['threads']} thread(s)).",
+    lines = [f"Scores on `{summary['split']}` (percent, the CMKP authors' evaluator) and speed with "
+             f"{summary['threads']} thread(s): mean ± sample std over seeds. CPU-s/epoch and "
+             "posts/s are the trainer's per-epoch figures averaged over epochs; run CPU-s is the "
+             "whole training run.",
              "",
-             "| config | F1@1 | F1@3 | MAP@5 | train CPU-s | seeds |",
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
+             "| config | F1@1 | F1@3 | MAP@5 | train CPU-s/epoch | decode posts/s | run CPU-s | seeds |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in summary["rows"]:
-        cells = [_cell(row[k], 2) for k in HEADLINE] + [_cell(row["cpu_s"], 0)]
+        cells = ([_cell(row[k], 2) for k in HEADLINE] + [_cell(row["train_cpu_s"], 1)]
+                 + [_cell(row["decode_posts_per_s"], 0), _cell(row["cpu_s"], 0)])
         lines.append(f"| {row['config']} | {' | '.join(cells)} | "
                      f"{', '.join(str(s) for s in row['seeds'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _epoch_means(run_dir: Path) -> dict:
+    """Mean over epochs of EPOCH_FIGURES from the trainer's run.json history (None if absent)."""
+    path = run_dir / "run.json"
+    history = json.loads(path.read_text()).get("history", []) if path.exists() else []
+    out = {}
+    for key in EPOCH_FIGURES:
+        values = [h[key] for h in history if key in h]
+        out[key] = statistics.fmean(values) if values else None
+    return out
 
 
 class ResultsSummary(ExperimentTask):
@@ -364,13 +388,14 @@ class ResultsSummary(ExperimentTask):
     def run(self):
         runs = []
         for task, target in zip(self.requires(), self.input()):
-            run = json.loads((Path(target.path).parent / "run.json").read_text())
+            run_dir = Path(target.path).parent
+            run = json.loads((run_dir / WORKFLOW_RECORD).read_text())
             runs.append({"config": task.config, "seed": task.seed, "cpu_s": run["cpu_s"],
-                         "metrics": json.loads(Path(target.path).read_text())})
+                         **_epoch_means(run_dir), "metrics": json.loads(Path(target.path).read_text())})
         summary = {"name": self.name, "split": self.split, "threads": self.threads,
                    "shards": self.shards_path(), "configs": list(self.configs),
                    "seeds": list(self.seeds), "rows": summarize_runs(runs, self.split),
-                   "runs": [{"config": r["config"], "seed": r["seed"], "cpu_s": r["cpu_s"],
+                   "runs": [{**{k: v for k, v in r.items() if k != "metrics"},
                              self.split: r["metrics"][self.split]} for r in runs]}
         with self.output().temporary_path() as tmp:
             Path(tmp).write_text(json.dumps(summary, indent=1) + "\n")
