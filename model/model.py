@@ -55,6 +55,39 @@ class QueryBlock(nn.Module):
         return self.ln2(x + self.drop(self.ff(x)))
 
 
+class BiGRU(nn.Module):
+    """Bidirectional multi-layer GRU over right-padded sequences. Not packed: on CPU the backward pass of a
+    packed GRU allocates a full-size zero gradient per time step; here the backward direction reads each
+    sequence reversed within its own length, so padding never enters a real position's state."""
+
+    def __init__(self, input_size: int, hidden: int, layers: int, dropout: float):
+        super().__init__()
+        self.fwd = nn.ModuleList(nn.GRU(input_size if i == 0 else 2 * hidden, hidden, batch_first=True)
+                                 for i in range(layers))
+        self.bwd = nn.ModuleList(nn.GRU(input_size if i == 0 else 2 * hidden, hidden, batch_first=True)
+                                 for i in range(layers))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        """x [B, L, E], lengths [B] -> outputs [B, L, 2h] (forward ; backward), final [B, 2h] (last layer)."""
+        B, L, _ = x.shape
+        pos = torch.arange(L, device=x.device).expand(B, L)
+        last = (lengths - 1).to(x.device)
+        # position t of the reversed sequence holds position len-1-t (padding positions stay where they are)
+        rev = torch.where(pos < lengths.to(x.device).unsqueeze(1), last.unsqueeze(1) - pos, pos)
+        rev_idx = rev.unsqueeze(-1)
+        for i, (fwd, bwd) in enumerate(zip(self.fwd, self.bwd)):
+            if i:
+                x = self.drop(x)
+            out_f, _ = fwd(x)
+            out_b, _ = bwd(x.gather(1, rev_idx.expand(-1, -1, x.shape[-1])))
+            x = torch.cat([out_f, out_b.gather(1, rev_idx.expand(-1, -1, out_b.shape[-1]))], -1)
+        rows = torch.arange(B, device=x.device)
+        half = x.shape[-1] // 2
+        final = torch.cat([x[rows, last, :half], x[rows, 0, half:]], -1)   # forward at len-1 ; backward at 0
+        return x, final
+
+
 class Fusion(nn.Module):
     """c_fuse = sum over terms of Linear_i(term_i) x present_i, where the terms are each modality's pooled
     vector ("pool"), plus the attention outputs of the pooled text over each other modality ("text-query"),
@@ -85,6 +118,8 @@ class Fusion(nn.Module):
         out = self.bias
         for q, m in self.terms:
             key = f"{q}->{m}"
+            if not (present[q].any() and present[m].any()):
+                continue            # no post of the batch has this pair: its term is zero for all
             if q == m:
                 term = pooled[m]
             else:
@@ -157,8 +192,7 @@ class KeyphraseModel(nn.Module):
         modalities = []
         if c.use_text:
             modalities.append("text")
-            self.encoder = nn.GRU(c.emb_dim, H // 2, num_layers=c.enc_layers, bidirectional=True,
-                                  batch_first=True, dropout=c.dropout if c.enc_layers > 1 else 0.0)
+            self.encoder = BiGRU(c.emb_dim, H // 2, c.enc_layers, c.dropout)
         if c.vision != "none":
             modalities.append("vision")
             self.vision_proj = nn.Linear(self.vision_dim, H)
@@ -187,11 +221,7 @@ class KeyphraseModel(nn.Module):
         final = keys = None
         if c.use_text:
             x = self.emb_drop(self.embedding(batch.src))                   # [B, L, E]
-            packed = nn.utils.rnn.pack_padded_sequence(x, batch.src_len.cpu(), batch_first=True,
-                                                       enforce_sorted=False)
-            out, h = self.encoder(packed)                                  # h [2 * layers, B, H/2]
-            memory, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=batch.src.shape[1])
-            final = torch.cat([h[-2], h[-1]], -1)                         # last layer forward ; backward
+            memory, final = self.encoder(x, batch.src_len)                 # [B, L, H], [B, H]
             feats["text"] = (memory, src_mask)
         if c.vision != "none":
             if batch.vision is not None:
