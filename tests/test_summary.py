@@ -15,6 +15,6 @@ def test_summary_prints_counts_shards_and_scores(tmp_path, capsys):
     (run / "metrics.json").write_text(json.dumps({"valid": {"f1@1": 12.5, "f1@3": 10.0, "map@5": 20.25}}))
     main([str(dataset), str(run)])
     out = capsys.readouterr().out
-    assert "crawl            10       8  malformed_json 2" in out
+    assert "crawl          10       8  malformed_json 2" in out
     assert "train      8 posts in 1 shard(s), 7 with image, 3 with OCR; features: ocr, vgg" in out
     assert "valid  F1@1  12.50  F1@3  10.00  MAP@5  20.25" in out
