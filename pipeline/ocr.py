@@ -1,0 +1,175 @@
+"""Image wordings: Tesseract OCR of post images, then the paper's cleaning as the authors' code does it.
+
+Reading: tesserocr (its wheel bundles Tesseract; pointed at the system tessdata) in a process pool with one
+OpenMP thread per worker, because Tesseract's own OpenMP threading costs more than it gains on small images.
+Two passes per image: the image as it is, and -- only when the image has enough near-white pixels -- a
+binarised copy where light pixels become black on white, which is how light text with a dark outline over a
+photo (meme captions) becomes readable; plain Tesseract reads almost nothing there. The pass with more
+confident words wins.
+
+Cleaning (authors' ext_feats/infer_OCR/process_ocr.py, see /work/shared/reference/cmkp-authors-code.md §0):
+tokenize like the posts (ekphrasis, lowercased), keep alphabetic tokens longer than one character that occur
+in the corpus's posts or keyphrases, then drop the whole OCR text when it is empty, when at least 75% of its
+tokens are shorter than 3 characters, or when fewer than 3 tokens are longer than 3 characters. The ratios are
+taken over the kept tokens.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+TESSDATA = os.environ.get("TESSDATA_PREFIX", "/usr/share/tesseract-ocr/5/tessdata")
+LIGHT_THRESHOLD = 240        # grey level at and above which a pixel may be light text
+DARK_THRESHOLD = 80          # grey level at and below which a pixel may be dark text
+MIN_TEXT_SHARE = 0.002       # below this share of candidate pixels a binarised pass is skipped
+MIN_GLYPH_AREA = 8           # light blobs smaller than this (pixels) are noise
+MAX_GLYPH_SHARE = 0.25       # light blobs taller or wider than this share of the image are not glyphs
+CONFIDENT = 70               # Tesseract word confidence (0-100) counted as a confidently read word
+
+
+@dataclass(frozen=True)
+class OCRResult:
+    text: str                # raw text of the chosen pass, whitespace-normalised
+    confident_words: int
+    binarised: bool          # a binarised pass won
+
+
+def glyphs_binarised(grey: np.ndarray, text_pixels: np.ndarray) -> Image.Image | None:
+    """Glyph-sized blobs of `text_pixels` -> black on white (None when there are hardly any such pixels).
+
+    Blobs larger than a glyph (a white cup, the sky, a dark coat) are dropped: left in, they become black slabs
+    that break Tesseract's line finding.
+    """
+    from scipy import ndimage
+
+    if text_pixels.mean() < MIN_TEXT_SHARE:
+        return None
+    labels, count = ndimage.label(text_pixels)
+    height, width = grey.shape
+    areas = ndimage.sum_labels(text_pixels, labels, index=np.arange(1, count + 1))
+    keep = np.zeros(count + 1, dtype=bool)
+    for index, (box, area) in enumerate(zip(ndimage.find_objects(labels), areas), start=1):
+        box_height, box_width = box[0].stop - box[0].start, box[1].stop - box[1].start
+        keep[index] = (area >= MIN_GLYPH_AREA and box_height <= MAX_GLYPH_SHARE * height
+                       and box_width <= MAX_GLYPH_SHARE * width)
+    return Image.fromarray(np.where(keep[labels], 0, 255).astype(np.uint8))
+
+
+class TesseractReader:
+    """One tesserocr API (one per process: it is not thread-safe)."""
+
+    def __init__(self, tessdata: str = TESSDATA, lang: str = "eng"):
+        import tesserocr
+
+        if not Path(tessdata, f"{lang}.traineddata").is_file():
+            raise FileNotFoundError(
+                f"Tesseract language data {lang}.traineddata not found in {tessdata}; "
+                f"install it with `apt-get install tesseract-ocr` or set TESSDATA_PREFIX")
+        self.api = tesserocr.PyTessBaseAPI(path=tessdata, lang=lang)
+
+    def _pass(self, image: Image.Image) -> tuple[str, int]:
+        self.api.SetImage(image)
+        text = " ".join(self.api.GetUTF8Text().split())
+        confident = sum(c >= CONFIDENT for c in self.api.AllWordConfidences())
+        return text, confident
+
+    def read(self, image: Image.Image) -> OCRResult:
+        image = image.convert("RGB")
+        best = OCRResult(*self._pass(image), binarised=False)
+        grey = np.asarray(image.convert("L"))
+        for text_pixels in (grey >= LIGHT_THRESHOLD, grey <= DARK_THRESHOLD):
+            binarised = glyphs_binarised(grey, text_pixels)
+            if binarised is not None:
+                text, confident = self._pass(binarised)
+                if confident > best.confident_words:
+                    best = OCRResult(text, confident, True)
+        return best
+
+
+_worker_reader: TesseractReader | None = None
+
+
+def _init_worker(tessdata: str) -> None:
+    global _worker_reader
+    _worker_reader = TesseractReader(tessdata)
+
+
+def _read_path(path: str) -> str:
+    with Image.open(path) as image:
+        return _worker_reader.read(image).text
+
+
+def read_images(paths: Sequence[str], workers: int = 0, tessdata: str = TESSDATA,
+                progress: Callable[[int, float], None] | None = None) -> list[str]:
+    """Raw OCR text per image path, in order, across `workers` processes (0: all cores).
+
+    `progress(done, images_per_second)` is called as results come in.
+    """
+    if not paths:
+        return []
+    workers = workers or os.cpu_count() or 1
+    start = time.perf_counter()
+    results: list[str] = []
+    # Workers are forked (no __main__ guard needed in callers); tesserocr is imported only inside them, so its
+    # OpenMP runtime starts there, after OMP_THREAD_LIMIT is set.
+    env_before = os.environ.get("OMP_THREAD_LIMIT")
+    os.environ["OMP_THREAD_LIMIT"] = "1"   # read by Tesseract when a spawned worker starts
+    try:
+        with multiprocessing.get_context("fork").Pool(workers, _init_worker, (tessdata,)) as pool:
+            for text in pool.imap(_read_path, paths, chunksize=4):
+                results.append(text)
+                if progress:
+                    progress(len(results), len(results) / (time.perf_counter() - start))
+    finally:
+        if env_before is None:
+            os.environ.pop("OMP_THREAD_LIMIT", None)
+        else:
+            os.environ["OMP_THREAD_LIMIT"] = env_before
+    return results
+
+
+# ---- cleaning ----------------------------------------------------------------------------------------
+
+def social_tokenizer() -> Callable[[str], list[str]]:
+    """The posts' tokenizer: ekphrasis's SocialTokenizer, lowercased."""
+    from ekphrasis.classes.tokenizer import SocialTokenizer
+
+    return SocialTokenizer(lowercase=True).tokenize
+
+
+def corpus_vocabulary(token_strings: Iterable[str], keyphrase_strings: Iterable[str]) -> set[str]:
+    """Words of the corpus's posts (space-joined tokens) and keyphrases (`;`-joined phrases)."""
+    words = set()
+    for tokens in token_strings:
+        words.update(tokens.split())
+    for keyphrases in keyphrase_strings:
+        words.update(keyphrases.replace(";", " ").split())
+    return words
+
+
+def clean_ocr(text: str, vocabulary: set[str], tokenize: Callable[[str], list[str]]) -> list[str]:
+    """The paper's OCR cleaning: the kept tokens, or [] when the whole OCR text is dropped."""
+    tokens = [t for t in tokenize(text) if t.isalpha() and len(t) > 1 and t in vocabulary]
+    if not tokens:
+        return []
+    if sum(len(t) < 3 for t in tokens) >= 0.75 * len(tokens):
+        return []
+    if sum(len(t) > 3 for t in tokens) < 3:
+        return []
+    return tokens
+
+
+def word_accuracy(expected: str, recognised: str) -> float:
+    """Share of the expected words (case-insensitive, as a multiset) found among the recognised words."""
+    want = Counter(expected.lower().split())
+    got = Counter("".join(c if c.isalnum() else " " for c in recognised.lower()).split())
+    return sum((want & got).values()) / max(1, sum(want.values()))
+
