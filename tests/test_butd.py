@@ -61,6 +61,21 @@ def test_per_class_nms_gives_a_suppressed_box_only_the_classes_where_it_survives
     assert max_conf.tolist() == pytest.approx([0.9, 0.8, 0.5])
 
 
+def test_all_class_nms_matches_torchvision_nms_class_by_class():
+    from torchvision.ops import nms
+
+    g = torch.Generator().manual_seed(0)
+    corners = torch.rand(80, 2, generator=g) * 100
+    boxes = torch.cat([corners, corners + torch.rand(80, 2, generator=g) * 60 + 1], dim=1)  # many overlaps
+    scores = torch.rand(80, 25, generator=g).softmax(dim=1)
+    _, max_conf = select_boxes(boxes, scores, BoxRule())
+    expected = torch.zeros(80)
+    for c in range(25):
+        kept = nms(boxes, scores[:, c], 0.3)
+        expected[kept] = torch.maximum(expected[kept], scores[kept, c])
+    assert torch.equal(max_conf, expected)
+
+
 def test_box_rule_rejects_bad_settings():
     with pytest.raises(ValueError, match="min_boxes"):
         BoxRule(min_boxes=40, max_boxes=36)

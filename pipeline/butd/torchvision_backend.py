@@ -4,16 +4,18 @@ Per image, one pass of the detector's ResNet-50 body gives C2..C5; the FPN, the 
 NMS 0.7, as bottom-up attention uses) and the detector's box head score every proposal over the 90 COCO
 classes. The shared box rule (pipeline.butd.select_boxes) keeps 36 proposals (or 10-100), and only those
 go through the feature head: RoIAlign 14x14 on the body's C4 map (stride 16, 1024 channels), then the body's
-own res5 block made stride 1 / dilation 2 as in bottom-up attention (14x14x2048 out), mean-pooled to 2048-d.
-Capping the candidates before res5 is what keeps this near 1 CPU-second per image: res5 over all 300
-proposals would cost about 8x more.
+own res5 block, mean-pooled to 2048-d. By default res5 keeps the stride 2 the detector was trained with
+(the standard ResNet C4 head: 7x7x2048 out); `res5_dilation=True` makes it stride 1 / dilation 2 as in
+bottom-up attention (14x14x2048 out, 4x the cost). Capping the candidates before res5 is what keeps this
+under 1 CPU-second per image: res5 over all 300 proposals costs several times more.
 
 Attributes: COCO detectors have no attribute head, so attributes are -1 with NaN scores (there is no real
 source of Visual Genome attributes in this backend; the detectron2 backend has one).
 
-On CPU the ResNet body and res5 run in bfloat16 with channels-last memory (autocast), the RPN and box
-scoring in float32 so proposal ranking and the box rule do not depend on the precision; on CUDA the same
-split with float16. benchmarks/bench_butd.py measures the speed and the agreement with float32.
+On CPU the ResNet body, the FPN, the RPN head's convolutions and res5 run in bfloat16 with channels-last
+memory (autocast); anchors, box decoding, NMS, RoIAlign and the box head's class scores stay float32, so box
+coordinates keep full precision. On CUDA the same split with float16. benchmarks/bench_butd.py measures the
+speed against float32 and the agreement of the features.
 """
 from __future__ import annotations
 
@@ -30,13 +32,13 @@ DETECTORS = {  # detector name -> its weights enum class name in torchvision.mod
 ROI_SIZE = 14           # RoIAlign output, as bottom-up attention's ROIPool 14x14
 C4_STRIDE = 16
 NUM_PROPOSALS = 300     # RPN post-NMS top-N at test time (bottom-up attention)
-PRE_NMS_PROPOSALS = 6000
+PRE_NMS_PROPOSALS = 1000  # per FPN level: 5000 over five levels, against bottom-up attention's 6000 on one
 
 
 def dilated_res5(layer4):
     """A copy of a torchvision ResNet layer4 with stride 1 and every 3x3 conv dilated by 2 (padding 2).
 
-    Same weights; a 14x14 RoI stays 14x14, as in bottom-up attention's res5 head.
+    Same weights; a 14x14 RoI stays 14x14, as in bottom-up attention's res5 head (4x the cost of stride 2).
     (K, 1024, 14, 14) -> (K, 2048, 14, 14)
     """
     res5 = copy.deepcopy(layer4)
@@ -47,11 +49,32 @@ def dilated_res5(layer4):
     return res5
 
 
+def autocast_float32_out(module, device_type: str, dtype):
+    """Wrap a module to run under autocast and hand back float32 tensors (or lists of them).
+
+    Used for the RPN head: its 3x3 conv over every FPN level costs 0.37 CPU-s in float32 and 0.05 in bf16,
+    while anchors, box decoding and NMS stay float32 (bf16 box coordinates would be off by pixels).
+    """
+    import torch
+
+    class AutocastFloat32Out(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, *args):
+            with torch.autocast(device_type, dtype=dtype):
+                out = self.inner(*args)
+            return [[t.float() for t in group] for group in out]
+
+    return AutocastFloat32Out()
+
+
 class TorchvisionExtractor:
     def __init__(self, weights: str = "COCO_V1", device: str = "auto", max_boxes: int = 36,
                  min_boxes: int = 36, conf_threshold: float = 0.2, seed: int = 0,
                  detector: str = "fasterrcnn_resnet50_fpn", min_size: int = 600, max_size: int = 1000,
-                 precision: str = "auto"):
+                 precision: str = "auto", res5_dilation: bool = False):
         import torch
         import torchvision.models.detection as detection
 
@@ -76,15 +99,24 @@ class TorchvisionExtractor:
             rpn_pre_nms_top_n_test=PRE_NMS_PROPOSALS, rpn_post_nms_top_n_test=NUM_PROPOSALS)
         self.categories = list(enum_class.DEFAULT.meta["categories"])
         self.model = model.eval().to(self.device)
-        self.res5 = dilated_res5(self.model.backbone.body.layer4).eval().to(self.device)
+        self.res5_dilation = res5_dilation
+        layer4 = self.model.backbone.body.layer4
+        self.res5 = (dilated_res5(layer4) if res5_dilation else layer4).eval()
         if self.precision != "fp32":
             self.model.backbone.to(memory_format=torch.channels_last)
             self.res5.to(memory_format=torch.channels_last)
+            self.model.rpn.head = autocast_float32_out(self.model.rpn.head, self.device.type, self.autocast_dtype)
+
+    @property
+    def autocast_dtype(self):
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
     def _autocast(self):
         import torch
 
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        dtype = self.autocast_dtype
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def extract(self, images: list) -> list[dict]:
@@ -123,7 +155,7 @@ class TorchvisionExtractor:
         if self.precision != "fp32":
             crops = crops.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            features = self.res5(crops).float().mean(dim=(2, 3))              # (K, 2048)
+            features = self.res5(crops).float().mean(dim=(2, 3))  # (K, 2048, 7, 7) or dilated 14x14 -> (K, 2048)
 
         # Proposals (not regressed boxes) back to original-image pixels, as bottom-up attention does.
         height, width = batch.image_sizes[0]
@@ -145,10 +177,11 @@ class TorchvisionExtractor:
             "random_weights": info.random,
             "weights_meta": info.meta,
             "box_rule": self.rule.describe(),
-            "proposals": {"rpn_pre_nms_top_n": PRE_NMS_PROPOSALS, "rpn_post_nms_top_n": NUM_PROPOSALS,
+            "proposals": {"rpn_pre_nms_top_n_per_level": PRE_NMS_PROPOSALS, "rpn_post_nms_top_n": NUM_PROPOSALS,
                           "boxes": "proposals (not regressed)"},
             "feature": f"RoIAlign {ROI_SIZE}x{ROI_SIZE} on C4 (stride {C4_STRIDE}) of the detector's ResNet-50 "
-                       f"body, its res5 with stride 1 and dilation 2, mean-pooled to 2048",
+                       f"body, its res5 block ({'stride 1, dilation 2' if self.res5_dilation else 'stride 2'}), "
+                       f"mean-pooled to 2048",
             "input_min_size": self.min_size,
             "input_max_size": self.max_size,
             "precision": self.precision,
