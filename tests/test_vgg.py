@@ -61,3 +61,63 @@ def test_same_seed_gives_same_random_weights():
     b, _ = weights.load_torchvision_model(torchvision.models.squeezenet1_1,
                                           torchvision.models.SqueezeNet1_1_Weights, "random:5", "x")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# ---- VGG-16 grids (real architecture, random weights) ----
+
+from PIL import Image  # noqa: E402
+import skimage.data  # noqa: E402
+
+from pipeline.vgg import VGGConfig, VGGGridExtractor  # noqa: E402
+
+
+def _photos():
+    return [Image.fromarray(skimage.data.chelsea()), Image.fromarray(skimage.data.coffee()).convert("L")]
+
+
+@pytest.fixture(scope="module")
+def fp32_extractor():
+    return VGGGridExtractor(VGGConfig(weights="random:0", precision="fp32", batch_size=2))
+
+
+def _cosine(a, b):
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_grids_shape_dtype_layout_and_preprocessing(fp32_extractor):
+    images = _photos()
+    grids = fp32_extractor.extract(images)
+    assert grids.shape == (2, 49, 512) and grids.dtype == np.float16
+    # The same computation by hand: LANCZOS 224x224, ImageNet normalisation, features+avgpool, row-major grid.
+    array = np.asarray(images[1].convert("RGB").resize((224, 224), Image.LANCZOS), np.float32) / 255
+    x = (torch.from_numpy(array).permute(2, 0, 1) - torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)) \
+        / torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    with torch.no_grad():
+        fmap = fp32_extractor.net(x[None])[0]          # (512, 7, 7)
+    assert fmap.shape == (512, 7, 7)
+    np.testing.assert_allclose(grids[1, 3 * 7 + 5], fmap[:, 3, 5].numpy(), rtol=2e-3, atol=2e-3)
+    attrs = fp32_extractor.provenance()
+    meta = json.loads(attrs["vgg_meta"])
+    assert attrs["vgg_weights"] == "random(seed=0)" and attrs["vgg_weights_sha256"] == ""
+    assert meta["resize"] == "lanczos" and meta["precision"] == "fp32" and meta["grid"] == [7, 7, 512]
+    assert meta["reference_weights"] == "VGG16_Weights.IMAGENET1K_V1"
+
+
+def test_bf16_channels_last_grids_within_cosine_0999_of_fp32(fp32_extractor):
+    images = _photos()
+    reference = fp32_extractor.extract(images)
+    bf16 = VGGGridExtractor(VGGConfig(weights="random:0", precision="auto", batch_size=2))
+    assert bf16.precision == "bf16"
+    assert _cosine(bf16.extract(images), reference).min() >= 0.999
+
+
+def test_weights_transform_option_crops_like_torchvision(fp32_extractor):
+    image = _photos()[0]
+    fp32_extractor.config.resize = "weights"
+    try:
+        cropped = fp32_extractor.preprocess(image)
+    finally:
+        fp32_extractor.config.resize = "lanczos"
+    expected = torchvision.models.VGG16_Weights.IMAGENET1K_V1.transforms()(image)
+    assert torch.equal(cropped, expected) and cropped.shape == (3, 224, 224)
