@@ -42,9 +42,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+import skimage.data
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 TOPICS_FILE = Path(__file__).resolve().parent / "sample" / "topics.json"
+PHOTO_DIR = Path(skimage.data.__file__).parent   # the photos scikit-image ships in its wheel
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 FONTS = ("DejaVuSans-Bold.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansCondensed-Bold.ttf")
 # Textured photos behind outlined text; none of them is a hashtag's photo, so they teach no category.
@@ -81,7 +83,7 @@ REJECTIONS = {
 # kept posts whose image needs converting or whose file name lies about its format
 KEPT_IMAGE_EDGES = {"cmyk_image": 2, "palette_image": 2, "png_named_jpg": 1}
 RARE_PLUS_FREQUENT = 8        # kept posts that also carry a rare hashtag (dropped from their keyphrases)
-SECONDARY_TAG_SHARE = 0.2     # kept posts with a second trailing hashtag
+SECONDARY_TAG_SHARE = 0.2     # text posts with a second trailing hashtag
 MEDIA_URL_SHARE = 0.85        # posts whose text ends with the photo's t.co link, as most real ones do
 STOPWORDS = {"the", "of", "a", "to", "and"}
 
@@ -146,18 +148,16 @@ class ImageMaker:
 
     def __init__(self, rng):
         self.rng = rng
-        data_dir = Path(__import__("skimage.data", fromlist=["data"]).__file__).parent
         self.photos = {}
-        for name in (*TEXTURES, *GRAYSCALE_PHOTOS):
-            self.photos[name] = Image.open(data_dir / name)
-        self.data_dir = data_dir
         self.hashes = []
         self.fonts = [FONT_DIR / f for f in FONTS if (FONT_DIR / f).exists()]
         self.font_note = ", ".join(f.name for f in self.fonts) or "Pillow's bundled font"
 
     def photo(self, name):
-        if name not in self.photos:   # at most 640 px a side: every variant is smaller than that anyway
-            img = Image.open(self.data_dir / name).convert("RGB")
+        """The named photo (RGB, or L for grey ones), at most 640 px a side: every variant is smaller anyway."""
+        if name not in self.photos:
+            img = Image.open(PHOTO_DIR / name)
+            img = img.convert("L" if img.mode == "L" else "RGB")
             img.thumbnail((640, 640), Image.Resampling.LANCZOS)
             self.photos[name] = img
         return self.photos[name]
@@ -438,6 +438,8 @@ class CorpusWriter:
             else:
                 body = r.choice(tag[post.mode]).replace("{tag}", "#" + written_form(tag, r))
             opener, closer = r.choice(self.topics["openers"]), r.choice(self.topics["closers"])
+            if opener.endswith((",", ":")) and not body.startswith(("I ", "{")):
+                body = body[0].lower() + body[1:]
             text = " ".join(s for s in (opener, self.fill(body), self.fill(closer)) if s)
             text += "".join(" #" + t for t in trailing)
             key = tuple(text_words(text))
@@ -454,7 +456,7 @@ class CorpusWriter:
 
     # ----- building
     def build(self):
-        r, im = self.r, self.images
+        r = self.r
         posts = self.plan()
         originals = []          # kept posts with one distinct image, candidates for duplicates
         start = EPOCH
@@ -472,7 +474,7 @@ class CorpusWriter:
                 post.duplicate_of, post.tag = original.id, original.tag
             primary = written_form(post.tag, r)
             trailing = [] if post.mode == "mid" else [primary]
-            if post.reason == "" and r.random() < SECONDARY_TAG_SHARE:
+            if post.kind == "text" and r.random() < SECONDARY_TAG_SHARE:   # image-only posts keep one keyphrase
                 trailing += self.other_tags(post, 1)
             if post.extra_rare:
                 trailing.append(self.least_used_rare(rare, rare_uses))
@@ -718,6 +720,7 @@ def expected_json(writer, posts, location):
         if rec["reason"]:
             by_reason[rec["reason"]] = by_reason.get(rec["reason"], 0) + 1
     return {
+        "_about": EXPECTED_ABOUT,
         "generator": {"version": GENERATOR_VERSION, "seed": writer.seed, "posts": writer.n_posts,
                       "dhash_margin": DHASH_MARGIN, "near_duplicate_bits": NEAR_DUPLICATE_BITS,
                       "fonts": writer.images.font_note},
@@ -733,6 +736,17 @@ def expected_json(writer, posts, location):
                    "rejected": by_reason, "by_kind": by_kind},
         "posts": out_posts,
     }
+
+
+EXPECTED_ABOUT = (
+    "Ground truth of the sample corpus. posts: per tweet id, the file and 1-based line holding it, its kind, "
+    "expect (kept|rejected) and reason (one defect per rejected post, see REJECTIONS in make_sample_corpus.py), "
+    "its hashtags as written, which of them are trailing (the targets, removed from the text) or mid-post, its "
+    "keyphrases (segmented frequent hashtags; rare ones are listed apart), whether each keyphrase's words are in the "
+    "text, whether only the image tells the keyphrase, and its images (kind, real format and mode, sha256, 64-bit "
+    "dHash, the photo shown or the text rendered, and the original of a duplicate). hashtags: per lowercase "
+    "hashtag, its segmentation, written forms and how many readable posts carry it (all / expected kept). "
+    "Reading order is the files sorted by name, lines in order; it is also chronological.")
 
 
 def trailing_hashtags(text):
@@ -752,7 +766,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="directory to write (replaced if it exists)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    ap.add_argument("--posts", type=int, default=DEFAULT_POSTS, help="number of posts (at least 551)")
+    min_posts = sum(n for n, _ in REJECTIONS.values()) + MIN_POSTS_PER_TAG * len(load_topics()["frequent"])
+    ap.add_argument("--posts", type=int, default=DEFAULT_POSTS, help=f"number of posts (at least {min_posts})")
     args = ap.parse_args(argv)
     expected = write_corpus(args.out, args.seed, args.posts)
     c = expected["counts"]
