@@ -28,7 +28,7 @@ def beam_search(model: KeyphraseModel, batch: Batch, beam: int, max_len: int, en
     """Every hypothesis that emits <eos> at step t is finished with score sum log P / (t + 1) (the authors'
     normalisation, <eos> counted); beams still open after max_len steps are finished as they are."""
     enc = enc if enc is not None else model.encode(batch)
-    B, K, V = batch.src.shape[0], beam, model.gen_size + batch.n_oov
+    B, K = batch.src.shape[0], beam
     device = batch.src.device
     rows = torch.arange(B, device=device).repeat_interleave(K)             # [B*K] beam row -> post
     enc_k = enc.select(rows)
@@ -43,6 +43,7 @@ def beam_search(model: KeyphraseModel, batch: Batch, beam: int, max_len: int, en
     for t in range(max_len):
         logp, state = model.step(prev, state, enc_k, batch.n_oov)          # [B*K, V]
         logp.index_fill_(1, banned, float("-inf"))
+        V = logp.shape[1]                                                  # generator vocab (+ copy-only words)
         cand = scores.view(-1, 1) + logp                                   # [B*K, V]
         ended = cand[:, EOS].view(B, K)
         fin_tokens.append(torch.nn.functional.pad(seqs, (0, max_len - t), value=PAD).view(B, K, max_len))
