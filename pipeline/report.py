@@ -12,8 +12,12 @@ from pathlib import Path
 
 
 class StageLog:
-    def __init__(self, stage: str):
+    """`unit`: what the stage reads and counts; "posts" everywhere except a CMKP release's own images, where
+    each image is kept or rejected while its post goes on regardless (recorded in counts.json as "unit")."""
+
+    def __init__(self, stage: str, unit: str = "posts"):
         self.stage = stage
+        self.unit = unit
         self.read = 0
         self.kept = 0
         self.rejected: Counter[str] = Counter()
@@ -30,6 +34,8 @@ class StageLog:
 
     def counts(self) -> dict:
         counts = {"read": self.read, "kept": self.kept, "rejected": dict(sorted(self.rejected.items()))}
+        if self.unit != "posts":
+            counts["unit"] = self.unit
         check_counts(self.stage, counts)
         return counts
 

@@ -3,12 +3,13 @@
 Stages (each its own task, each output written to a temporary path and renamed, so a file or directory that
 exists is complete; a rerun after a failure or a kill redoes only what is missing):
 
-    CrawlTweets -> SplitPosts -> TextShard(split, shard_index)                                   (cmkp)
+    CrawlTweets [-> ReleaseImages] -> SplitPosts -> TextShard(split, shard_index)                 (cmkp)
     CrawlTweets -> FilterPosts -> FetchImages -> DedupeImages -> TokenizePosts -> FilterHashtags
                 -> SplitPosts -> TextShard(split, shard_index)                          (archive, api, ids)
 
 A stage directory `OUT/work/<stage>/` holds `posts.jsonl` (the records kept, one JSON object per line),
-`rejects.jsonl` and `counts.json` (see `pipeline.report`). `SplitPosts` writes `OUT/work/split/{split}.jsonl`
+`rejects.jsonl` and `counts.json` (see `pipeline.report`); the image stages also keep a journal beside it
+(`OUT/work/<stage>-journal.jsonl`) from which a killed run resumes. `SplitPosts` writes `OUT/work/split/{split}.jsonl`
 and `plan.json` (posts and shards per split); `text_shard_paths()` enumerates a split's text shards from it, so
 feature stages can require `TextShard(..., split=s, shard_index=i)` for each.
 
@@ -169,15 +170,39 @@ class FilterPosts(StageTask):
         self.set_progress_percentage(100)
 
 
-class FetchImages(StageTask):
-    """Each post's one photo fetched (or read from the archive), checked, decoded and stored by content hash
-    in `OUT/images/` (see `pipeline.clean.fetch_images`)."""
+class ImageStage(StageTask):
+    """A stage that checks and stores images (`pipeline.clean.check_image`), remembering each outcome in
+    `OUT/work/<stage>-journal.jsonl` (`pipeline.fetch.ImageJournal`, appended every `journal_batch` images):
+    the journal lives outside the atomic stage directory, so a killed run resumes where the journal ends and
+    no image that was already fetched and checked is fetched again."""
 
-    stage = "images"
     max_bytes = luigi.IntParameter(default=20 * 1024 * 1024, description="size cap of one image file")
     max_pixels = luigi.IntParameter(default=89_478_485, description="pixel cap (decompression bombs)")
     require_jpeg = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                        description="the paper's rule: only JPEG bytes are kept")
+    journal_batch = luigi.IntParameter(default=50, significant=False,
+                                       description="images per append to the journal (at most this many redone)")
+
+    def journal(self):
+        from pipeline.fetch import ImageJournal, ImageStore
+
+        parameters = {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels, "require_jpeg": self.require_jpeg}
+        return ImageJournal(self.path("work", f"{self.stage}-journal.jsonl"), ImageStore(self.dataset_dir),
+                            parameters, batch=self.journal_batch)
+
+    def counted(self, records: list[dict]) -> Iterator[dict]:
+        for i, record in enumerate(records):
+            if i % 100 == 0:
+                self.set_progress_percentage(int(100 * i / max(len(records), 1)))
+                self.set_status_message(f"{self.stage}: {i} of {len(records)} posts")
+            yield record
+
+
+class FetchImages(ImageStage):
+    """Each post's one photo fetched (or read from the archive), checked, decoded and stored by content hash
+    in `OUT/images/` (see `pipeline.clean.fetch_images`)."""
+
+    stage = "images"
     timeout = luigi.FloatParameter(default=20.0, description="seconds per HTTP request")
     retries = luigi.IntParameter(default=3, description="HTTP retries, with exponential backoff")
 
@@ -186,7 +211,7 @@ class FetchImages(StageTask):
 
     def run(self):
         from pipeline.clean import fetch_images
-        from pipeline.fetch import ImageStore, download, make_session
+        from pipeline.fetch import download, make_session
 
         session = make_session(retries=self.retries)
         records = list(self.upstream_records())
@@ -195,14 +220,43 @@ class FetchImages(StageTask):
         def get(url: str) -> bytes:
             return download(session, url, self.max_bytes, self.timeout)
 
-        def counted(records: list[dict]) -> Iterator[dict]:
-            for i, record in enumerate(records):
-                if i % 100 == 0:
-                    self.set_progress_percentage(int(100 * i / max(len(records), 1)))
-                yield record
+        kept = fetch_images(self.counted(records), log, self.journal(), get, self.max_bytes, self.max_pixels,
+                            self.require_jpeg)
+        with atomic_directory(self.output()) as tmp:
+            self.save(tmp, kept, log)
+        self.set_progress_percentage(100)
 
-        store = ImageStore(self.dataset_dir)
-        kept = fetch_images(counted(records), log, store, get, self.max_bytes, self.max_pixels, self.require_jpeg)
+
+class ReleaseImages(ImageStage):
+    """A CMKP release's own images: the release directory's `images/` folder holds files named by the
+    basename of each post's image URL (the authors' `*_url_map` keys its images by file name). Each is checked
+    like a fetched image and stored by content hash; a missing or failing image is rejected with its reason,
+    but its post is kept with `image_present` false, since the release's splits and texts are kept as given.
+    The stage's counts are of images (`"unit": "images"` in counts.json), not of posts.
+
+    The size and pixel caps and the JPEG rule default to FetchImages' settings in luigi.cfg.
+    """
+
+    stage = "release_images"
+    max_bytes = luigi.IntParameter(default=20 * 1024 * 1024, description="size cap of one image file",
+                                   config_path={"section": "FetchImages", "name": "max_bytes"})
+    max_pixels = luigi.IntParameter(default=89_478_485, description="pixel cap (decompression bombs)",
+                                    config_path={"section": "FetchImages", "name": "max_pixels"})
+    require_jpeg = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                       description="the paper's rule: only JPEG bytes are kept",
+                                       config_path={"section": "FetchImages", "name": "require_jpeg"})
+
+    def requires(self):
+        return CrawlTweets(**self.dataset())
+
+    def run(self):
+        from pipeline.clean import release_images
+        from pipeline.sources.cmkp import release_image_files
+
+        records = list(self.upstream_records())
+        log = StageLog(self.stage, unit="images")
+        kept = release_images(self.counted(records), log, self.journal(), release_image_files(self.input_path),
+                              self.max_bytes, self.max_pixels, self.require_jpeg)
         with atomic_directory(self.output()) as tmp:
             self.save(tmp, kept, log)
         self.set_progress_percentage(100)
@@ -284,8 +338,11 @@ class SplitPosts(DatasetTask):
     valid_fraction = luigi.FloatParameter(default=0.1)
 
     def requires(self):
-        # A CMKP release is already clean, tokenized and segmented.
+        # A CMKP release is already clean, tokenized and segmented; only its own images (if it has them) are checked.
         if self.source == "cmkp":
+            from pipeline.sources.cmkp import release_image_files
+            if release_image_files(self.input_path):
+                return ReleaseImages(**self.dataset())
             return CrawlTweets(**self.dataset())
         return FilterHashtags(**self.dataset())
 

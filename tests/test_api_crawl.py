@@ -1,10 +1,15 @@
 """The API v2 client against a loopback server that speaks the protocol: pagination, a 429 with
-`x-rate-limit-reset`, a crawl that dies and resumes, id hydration; and image downloads. Never a live call."""
+`x-rate-limit-reset`, a crawl that dies and resumes, id hydration; image downloads, and an image fetch that is
+killed and resumes. Never a live call."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,8 +19,10 @@ import pytest
 from pipeline.fetch import FetchError, download, make_session
 from pipeline.report import StageLog
 from pipeline.sources import api
-from pipeline.text_tasks import CrawlTweets, read_jsonl
-from text_archive_fixture import colour_jpeg, tweet
+from pipeline.text_tasks import CrawlTweets, FetchImages, read_jsonl
+from text_archive_fixture import colour_jpeg, png_bytes, tweet
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TOKEN = "test-token"
 TWEETS = {str(i): tweet(i, f"Post number {i} about the game #SuperBowl", [f"m{i}"]) for i in range(1, 8)}
@@ -32,6 +39,10 @@ class Server:
         self.rate_limit_once: set[str | None] = set()  # next_tokens answered once with 429
         self.fail_once: set[str | None] = set()  # next_tokens answered once with 400 (a crash mid-crawl)
         self.flaky = 1  # /media/flaky.jpg: 503 this many times, then 200
+        self.bodies: dict[str, bytes | None] = {}  # media key -> other bytes to serve (None: 404)
+        self.stall: set[str] = set()  # media paths answered only once `release` is set (the first time)
+        self.reached = threading.Event()  # set when a stalled path is asked for
+        self.release = threading.Event()
 
 
 def handler_for(state: Server):
@@ -40,13 +51,16 @@ def handler_for(state: Server):
             pass
 
         def reply(self, status: int, body: bytes, content_type="application/json", headers=()):
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for key, value in headers:
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                for key, value in headers:
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client was killed while waiting (the killed-fetch test)
 
         def page(self, ids):
             return {"data": [TWEETS[i] for i in ids if i in TWEETS],
@@ -66,8 +80,17 @@ def handler_for(state: Server):
                     return self.reply(503, b"busy", "text/plain")
                 if url.path == "/media/big.jpg":
                     return self.reply(200, b"\xff\xd8\xff" + b"0" * 5000, "image/jpeg")
+                if url.path in state.stall:
+                    state.stall.discard(url.path)
+                    state.reached.set()
+                    state.release.wait(timeout=60)
                 key = url.path.rsplit("/", 1)[1].split(".")[0]
-                if key in MEDIA or key == "flaky":
+                if key in state.bodies:
+                    body = state.bodies[key]
+                    return self.reply(404, b"not found", "text/plain") if body is None else self.reply(200, body)
+                if key in MEDIA:
+                    return self.reply(200, colour_jpeg(int(key[1:])), "image/jpeg")
+                if key == "flaky":
                     return self.reply(200, colour_jpeg(1), "image/jpeg")
                 return self.reply(404, b"not found", "text/plain")
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
@@ -188,7 +211,7 @@ def test_download_checks_scheme_status_size_and_retries(server):
     assert download(session, server.url + "/media/flaky.jpg") == colour_jpeg(1)  # a 503, retried
     with pytest.raises(FetchError) as err:
         download(session, server.url + "/media/none.jpg")
-    assert err.value.reason == "http_error" and "404" in err.value.detail
+    assert err.value.reason == "http_error" and "404" in err.value.detail and not err.value.retryable
     with pytest.raises(FetchError) as err:
         download(session, server.url + "/media/big.jpg", max_bytes=1000)
     assert err.value.reason == "too_large"
@@ -198,4 +221,53 @@ def test_download_checks_scheme_status_size_and_retries(server):
         assert err.value.reason == "bad_url"
     with pytest.raises(FetchError) as err:
         download(session, "http://127.0.0.1:9/closed.jpg", timeout=2)
-    assert err.value.reason == "network_error"
+    assert err.value.reason == "network_error" and err.value.retryable  # a rerun asks again
+
+
+# The child process of the killed-fetch test: FetchImages over the crawl already in the dataset directory.
+FETCH_CHILD = """
+import sys, luigi
+from pipeline.text_tasks import FetchImages
+luigi.build([FetchImages(source="api", input_path="q", dataset_dir=sys.argv[1], journal_batch=2)],
+            local_scheduler=True, workers=1, log_level="WARNING")
+"""
+
+
+def test_a_killed_image_fetch_resumes_without_fetching_anything_twice(server, token, tmp_path):
+    out = tmp_path / "out"
+    crawl = CrawlTweets(source="api", input_path="q", dataset_dir=str(out), api_base_url=server.url,
+                        token_env=token)
+    assert luigi.build([crawl], local_scheduler=True, workers=1, log_level="WARNING")
+    server.bodies["m3"] = png_bytes(3)  # rejected (not_jpeg): the rejection is journaled too
+    server.bodies["m4"] = None  # a 404: a final http_error, not asked again
+    server.stall.add("/media/m5.jpg")  # the fetch is killed while waiting for the fifth image
+
+    child = subprocess.Popen([sys.executable, "-c", FETCH_CHILD, str(out)], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert server.reached.wait(timeout=120), "the child never reached the fifth image"
+    finally:
+        child.kill()
+        child.wait()
+    assert not (out / "work" / "images").exists()  # the stage's output was never written
+    journal = [json.loads(line) for line in (out / "work" / "images-journal.jsonl").read_text().splitlines()]
+    assert [(o["key"].rsplit("/", 1)[1], o.get("reason")) for o in journal[1:]] == [
+        ("m1.jpg", None), ("m2.jpg", None), ("m3.jpg", "not_jpeg"), ("m4.jpg", "http_error")]
+    server.release.set()
+
+    task = FetchImages(source="api", input_path="q", dataset_dir=str(out), journal_batch=2)
+    assert luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
+    fetched = Counter(path for path, _ in server.requests if path.startswith("/media/"))
+    # m5's first request died with the child; everything answered before the kill was never asked again.
+    assert fetched == {"/media/m1.jpg": 1, "/media/m2.jpg": 1, "/media/m3.jpg": 1, "/media/m4.jpg": 1,
+                       "/media/m5.jpg": 2, "/media/m6.jpg": 1, "/media/m7.jpg": 1}
+    counts = json.loads((out / "work" / "images" / "counts.json").read_text())
+    assert counts == {"read": 7, "kept": 5, "rejected": {"http_error": 1, "not_jpeg": 1}}
+    kept = list(read_jsonl(out / "work" / "images" / "posts.jsonl"))
+    assert [r["id"] for r in kept] == ["1", "2", "5", "6", "7"]
+    assert [r["image_size"] for r in kept] == [[64, 48]] * 5
+    for r in kept:
+        assert (out / r["image_path"]).read_bytes() == colour_jpeg(int(r["id"]))
+    rejects = [json.loads(line) for line in (out / "work" / "images" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reason"]) for r in rejects] == [("3", "not_jpeg"), ("4", "http_error")]
+    assert len(list((out / "images").rglob("*.jpg"))) == 5

@@ -1,4 +1,5 @@
-"""Image validation reasons, colour conversion, the dHash and its near-duplicate index, the image store."""
+"""Image validation reasons, colour conversion, the dHash and its near-duplicate index, the image store and
+the journal of image outcomes."""
 from __future__ import annotations
 
 import io
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.fetch import ImageStore, sniff
+from pipeline.clean import check_image
+from pipeline.fetch import FetchError, ImageJournal, ImageStore, sniff
 from pipeline.images import ImageRejected, NearDuplicateIndex, dhash, hamming, validate_image
 from text_archive_fixture import colour_jpeg, gray_jpeg, png_bytes
 
@@ -104,3 +106,39 @@ def test_sniff_and_content_addressed_store(tmp_path):
     assert again == (sha, path) and path == f"images/{sha[:2]}/{sha}.jpg"
     assert (tmp_path / path).read_bytes() == colour_jpeg(1)
     assert [p.name for p in (tmp_path / "images").rglob("*")] == [sha[:2], f"{sha}.jpg"]
+
+
+def test_journal_resumes_final_outcomes_and_redoes_the_rest(tmp_path):
+    store = ImageStore(tmp_path)
+    params = {"max_bytes": 1000, "require_jpeg": True}
+    journal = ImageJournal(tmp_path / "j.jsonl", store, params, batch=2)
+    stored = check_image("u1", lambda: colour_jpeg(1), store)
+    assert stored["size"] == [64, 48] and (tmp_path / stored["path"]).read_bytes() == colour_jpeg(1)
+    assert stored["dhash"] == f"{dhash(validate_image(colour_jpeg(1)).image):016x}"
+    journal.add(stored)
+    journal.add(check_image("u2", lambda: png_bytes(2), store))
+    assert len((tmp_path / "j.jsonl").read_text().splitlines()) == 3  # header + one batch of two, appended
+
+    def unreachable():
+        raise FetchError("network_error", "timed out", retryable=True)
+
+    journal.add(check_image("u3", unreachable, store))
+    journal.add(check_image("u4", lambda: colour_jpeg(4), store))
+    journal.add(check_image("u5", lambda: colour_jpeg(5), store))  # still buffered: lost in a kill
+    del journal
+    with open(tmp_path / "j.jsonl", "a") as f:
+        f.write('{"key": "u6", "sha2')  # a line torn by a kill mid-write
+
+    resumed = ImageJournal(tmp_path / "j.jsonl", store, params, batch=2)
+    assert resumed.get("u1") == stored
+    assert resumed.get("u2")["reason"] == "not_jpeg" and resumed.get("u2")["retry"] is False
+    assert resumed.get("u3") is None  # a network error may pass: asked again
+    assert resumed.get("u5") is None and resumed.get("u6") is None
+    (tmp_path / resumed.get("u4")["path"]).unlink()
+    assert resumed.get("u4") is None  # its stored file has gone: redone
+    assert (tmp_path / "j.jsonl").read_text().endswith("\n")  # the torn line was cut off
+
+    # Outcomes judged under other caps or rules do not apply: the journal starts afresh.
+    other = ImageJournal(tmp_path / "j.jsonl", store, {"max_bytes": 1000, "require_jpeg": False})
+    assert other.get("u1") is None and other.get("u2") is None
+    assert len((tmp_path / "j.jsonl").read_text().splitlines()) == 1

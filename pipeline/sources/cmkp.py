@@ -2,8 +2,10 @@
 
 A release directory holds per split `{split}_src.txt` (`post tokens<sep>kp1;kp2;...<sep>image_url`, one post
 per line) and optionally the line-aligned `{split}_ocr.txt` (raw Tesseract text), `{split}_ocr_final.txt`
-(cleaned OCR tokens) and `{split}_attribute_cleaned.txt` (top-5 image attributes). Its text is already
-tokenized, its keyphrases already segmented and its splits fixed: records are carried as they are.
+(cleaned OCR tokens) and `{split}_attribute_cleaned.txt` (top-5 image attributes), and optionally an
+`images/` directory of image files named by the basename of each post's image URL (the authors' `*_url_map`
+keys images by file name; see `pipeline.text_tasks.ReleaseImages`). Its text is already tokenized, its
+keyphrases already segmented and its splits fixed: records are carried as they are.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pipeline.report import StageLog
 
 SPLITS = ("train", "valid", "test")
 SEP = "<sep>"
+IMAGE_DIR = "images"  # optional: image files named by the basename of each post's image URL
 # Feature group of the shard format -> release files carrying it (dataset name -> file suffix).
 RELEASE_FEATURES = {
     "ocr": {"ocr_raw": "ocr", "ocr_tokens": "ocr_final"},
@@ -28,6 +31,14 @@ def release_splits(directory: str | Path) -> list[str]:
     if not splits:
         raise FileNotFoundError(f"{directory} holds no CMKP release file ({', '.join(s + '_src.txt' for s in SPLITS)})")
     return splits
+
+
+def release_image_files(directory: str | Path) -> dict[str, Path]:
+    """The release's own image files (`images/` in the release directory), by file name; {} if it has none."""
+    images = Path(directory) / IMAGE_DIR
+    if not images.is_dir():
+        return {}
+    return {p.name: p for p in sorted(images.iterdir()) if p.is_file()}
 
 
 def release_feature_groups(directory: str | Path, split: str) -> list[str]:
