@@ -1,6 +1,7 @@
 """The Luigi chain end to end: a CMKP release directory -> final shards, manifests, vocab, report."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import pytest
 from pipeline import shards
 from pipeline.tasks import BuildDataset
 from pipeline.text_tasks import text_shard_paths
+from text_archive_fixture import colour_jpeg
 
 REAL_RELEASE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cmkp"
 
@@ -33,8 +35,19 @@ VALID_SRC = ["rain again in the city<sep>weather<sep>https://pbs.twimg.com/media
              "go team go<sep>football<sep>"]
 
 
-def write_release(directory: Path, with_valid_ocr: bool = False) -> Path:
+def release_images() -> dict[str, bytes]:
+    """The release's `images/`, named by URL basename: a.jpg good, b.jpg truncated, c.jpg absent, e.jpg the
+    same bytes as a.jpg, f.jpg good (valid split), and a file no post names."""
+    return {"a.jpg": colour_jpeg(1), "b.jpg": colour_jpeg(2)[:300], "e.jpg": colour_jpeg(1),
+            "f.jpg": colour_jpeg(6), "unused.jpg": colour_jpeg(7)}
+
+
+def write_release(directory: Path, with_valid_ocr: bool = False, with_images: bool = False) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
+    if with_images:
+        (directory / "images").mkdir()
+        for name, data in release_images().items():
+            (directory / "images" / name).write_bytes(data)
     files = {"train_src.txt": TRAIN_SRC, "train_ocr.txt": TRAIN_OCR, "train_ocr_final.txt": TRAIN_OCR_FINAL,
              "train_attribute_cleaned.txt": TRAIN_ATTR, "valid_src.txt": VALID_SRC}
     if with_valid_ocr:
@@ -137,8 +150,43 @@ def test_misaligned_side_file_is_refused(tmp_path, shard_size):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_release_images_are_checked_and_stored_and_their_posts_kept(tmp_path, shard_size):
+    release = write_release(tmp_path / "release", with_images=True)
+    out = tmp_path / "out"
+    assert build(release, out) == luigi.LuigiStatusCode.SUCCESS
+
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["stages"]) == ["crawl", "release_images"]
+    # Images of the 6 posts kept by the crawl, less valid's post without a URL: a, b, c, e, f.
+    assert report["stages"]["release_images"] == {"read": 5, "kept": 3, "unit": "images",
+                                                  "rejected": {"image_missing": 1, "truncated": 1}}
+    assert report["splits"] == {"train": 4, "valid": 2}  # every post kept, as the release gives them
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["stage"], r["reason"]) for r in rejects][2:] == [
+        ("cmkp-train-1", "release_images", "truncated"), ("cmkp-train-3", "release_images", "image_missing")]
+    assert rejects[3]["detail"] == "no images/c.jpg in the release (post kept)"
+
+    train = shards.read_shard(out / "train" / "shard-00000.h5")
+    assert train["image_present"].tolist() == [True, False]
+    sha_a = hashlib.sha256(colour_jpeg(1)).hexdigest()
+    assert train["image_sha256"].tolist() == [sha_a, ""] and train["image_path"].tolist() == [
+        f"images/{sha_a[:2]}/{sha_a}.jpg", ""]
+    assert train["image_size"].tolist() == [[64, 48], [0, 0]]
+    assert train["image_url"][0] == "https://pbs.twimg.com/media/a.jpg"  # the release's URL, unchanged
+    second = shards.read_shard(out / "train" / "shard-00001.h5")
+    assert second["image_present"].tolist() == [False, True]
+    assert second["image_sha256"][1] == sha_a  # e.jpg repeats a.jpg: kept (no dedupe), stored once
+    assert (out / train["image_path"][0]).read_bytes() == colour_jpeg(1)
+    sha_f = hashlib.sha256(colour_jpeg(6)).hexdigest()
+    stored = sorted(p.relative_to(out).as_posix() for p in (out / "images").rglob("*.jpg"))
+    assert stored == sorted([f"images/{sha_a[:2]}/{sha_a}.jpg", f"images/{sha_f[:2]}/{sha_f}.jpg"])
+    top = json.loads((out / "manifest.json").read_text())
+    assert top["splits"]["train"]["with_image"] == 2 and top["splits"]["valid"]["with_image"] == 1
+    assert shards.read_shard(out / "valid" / "shard-00000.h5")["image_present"].tolist() == [True, False]
+
+
 def test_same_input_gives_byte_identical_outputs(tmp_path, shard_size):
-    release = write_release(tmp_path / "release", with_valid_ocr=True)
+    release = write_release(tmp_path / "release", with_valid_ocr=True, with_images=True)
     assert build(release, tmp_path / "a") == luigi.LuigiStatusCode.SUCCESS
     assert build(release, tmp_path / "b") == luigi.LuigiStatusCode.SUCCESS
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
