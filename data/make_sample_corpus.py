@@ -63,25 +63,29 @@ JPEG = dict(format="JPEG", quality=75, optimize=False, progressive=False, subsam
 EPOCH = datetime(2019, 1, 3, 8, 0, 0, tzinfo=timezone.utc)
 TWITTER_EPOCH_MS = 1288834974657  # snowflake ids count milliseconds from here
 
-# kind of rejected post -> (how many, the reason expected in the rejects file)
+# kind of rejected post -> (how many, the reason expected in the rejects file; names as pipeline/clean.py and
+# pipeline/images.py write them). The paper keeps colour JPEGs only, so a palette PNG and a PNG named .jpg are
+# rejected as not_jpeg by their bytes.
 REJECTIONS = {
     "malformed_json": (1, "malformed_json"),
     "retweet": (12, "retweet"),
     "not_english": (12, "not_english"),
     "no_image": (10, "no_image"),
-    "several_images": (8, "several_images"),
+    "several_images": (8, "multiple_images"),
     "too_many_hashtags": (6, "too_many_hashtags"),
     "too_few_tokens": (8, "too_few_tokens"),
     "duplicate_text": (6, "duplicate_text"),
     "duplicate_image_exact": (4, "duplicate_image"),
-    "duplicate_image_near": (4, "duplicate_image"),
-    "grayscale_image": (5, "image_grayscale"),
-    "truncated_jpeg": (2, "image_truncated"),
-    "zero_byte_image": (1, "image_empty"),
-    "rare_hashtag_only": (10, "no_hashtag"),
+    "duplicate_image_near": (4, "near_duplicate_image"),
+    "grayscale_image": (5, "grayscale"),
+    "truncated_jpeg": (2, "truncated"),
+    "zero_byte_image": (1, "empty_file"),
+    "png_named_jpg": (1, "not_jpeg"),
+    "palette_image": (2, "not_jpeg"),
+    "rare_hashtag_only": (10, "rare_hashtags_only"),
 }
-# kept posts whose image needs converting or whose file name lies about its format
-KEPT_IMAGE_EDGES = {"cmyk_image": 2, "palette_image": 2, "png_named_jpg": 1}
+# kept posts whose image needs converting (CMYK JPEG -> RGB)
+KEPT_IMAGE_EDGES = {"cmyk_image": 2}
 RARE_PLUS_FREQUENT = 8        # kept posts that also carry a rare hashtag (dropped from their keyphrases)
 SECONDARY_TAG_SHARE = 0.2     # text posts with a second trailing hashtag
 MEDIA_URL_SHARE = 0.85        # posts whose text ends with the photo's t.co link, as most real ones do
