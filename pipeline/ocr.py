@@ -74,23 +74,35 @@ class TesseractReader:
                 f"Tesseract language data {lang}.traineddata not found in {tessdata}; "
                 f"install it with `apt-get install tesseract-ocr` or set TESSDATA_PREFIX")
         self.api = tesserocr.PyTessBaseAPI(path=tessdata, lang=lang)
+        # Tesseract 5 re-reads low-confidence lines inverted; the binarised passes cover light text instead.
+        self.api.SetVariable("tessedit_do_invert", "0")
 
-    def _pass(self, image: Image.Image) -> tuple[str, int]:
+    def _pass(self, image: Image.Image) -> tuple[str, int, bool]:
+        """(text, confident words, clean): clean when some words were read and all of them confidently."""
         self.api.SetImage(image)
         text = " ".join(self.api.GetUTF8Text().split())
-        confident = sum(c >= CONFIDENT for c in self.api.AllWordConfidences())
-        return text, confident
+        # Tesseract can report a confident "word" that is only whitespace: count real words only.
+        confidences = [c for word, c in self.api.MapWordConfidences() if word.strip()] if text else []
+        confident = sum(c >= CONFIDENT for c in confidences)
+        return text, confident, bool(confidences) and confident == len(confidences)
 
     def read(self, image: Image.Image) -> OCRResult:
+        """The image as it is, then light and dark glyphs binarised; stops at the first clean reading."""
         image = image.convert("RGB")
-        best = OCRResult(*self._pass(image), binarised=False)
+        text, confident, clean = self._pass(image)
+        best = OCRResult(text, confident, binarised=False)
+        if clean:
+            return best
         grey = np.asarray(image.convert("L"))
         for text_pixels in (grey >= LIGHT_THRESHOLD, grey <= DARK_THRESHOLD):
             binarised = glyphs_binarised(grey, text_pixels)
-            if binarised is not None:
-                text, confident = self._pass(binarised)
-                if confident > best.confident_words:
-                    best = OCRResult(text, confident, True)
+            if binarised is None:
+                continue
+            text, confident, clean = self._pass(binarised)
+            if confident > best.confident_words:
+                best = OCRResult(text, confident, True)
+            if clean:
+                break
         return best
 
 

@@ -35,7 +35,7 @@ def test_light_outlined_text_needs_the_binarised_pass():
     reader = ocr.TesseractReader()
     style, lines = next(case for case in CASES if case[0] == "outline")
     image = render(style, lines)
-    plain_text, _ = reader._pass(image)
+    plain_text, _, _ = reader._pass(image)
     result = reader.read(image)
     assert result.binarised
     assert ocr.word_accuracy(" ".join(lines), result.text) == 1.0
