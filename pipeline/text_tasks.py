@@ -24,6 +24,7 @@ import json
 import os
 import random
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -35,6 +36,7 @@ from pipeline.report import StageLog
 from pipeline.sources import SOURCES
 
 SPLITS = ("train", "valid", "test")
+PROGRESS_SECONDS = 1.0  # at most one progress report per second (each is a call to the scheduler)
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
@@ -111,8 +113,18 @@ class StageTask(DatasetTask):
     def output(self):
         return luigi.LocalTarget(str(self.path("work", self.stage)))
 
-    def upstream_records(self) -> Iterator[dict]:
-        return read_jsonl(Path(self.input().path) / "posts.jsonl")
+    def upstream_records(self) -> list[dict]:
+        return list(read_jsonl(Path(self.input().path) / "posts.jsonl"))
+
+    def progress(self, records: list[dict]) -> Iterator[dict]:
+        """`records`, reporting the share handed out so far as Luigi progress and status message."""
+        last = time.monotonic()
+        for i, record in enumerate(records):
+            if time.monotonic() - last >= PROGRESS_SECONDS:
+                last = time.monotonic()
+                self.set_progress_percentage(int(100 * i / len(records)))
+                self.set_status_message(f"{self.stage}: {i} of {len(records)} posts")
+            yield record
 
     def save(self, directory: Path, records: Iterable[dict], log: StageLog) -> None:
         write_jsonl(directory / "posts.jsonl", records)
@@ -144,10 +156,20 @@ class CrawlTweets(StageTask):
                              base_url=self.api_base_url, endpoint=self.api_endpoint, max_pages=self.max_pages,
                              token_env=self.token_env, progress=self.set_status_message)
 
+    def counted(self, records: Iterator[dict], log: StageLog) -> Iterator[dict]:
+        """`records`, reporting the counts so far as status message (how many posts a source holds is not
+        known in advance, so there is no percentage until the end)."""
+        last = time.monotonic()
+        for record in records:
+            if time.monotonic() - last >= PROGRESS_SECONDS:
+                last = time.monotonic()
+                self.set_status_message(f"{self.stage}: read {log.read}, kept {log.kept}")
+            yield record
+
     def run(self):
         log = StageLog(self.stage)
         with atomic_directory(self.output()) as tmp:
-            self.save(tmp, self.records(log), log)
+            self.save(tmp, self.counted(self.records(log), log), log)
         self.set_progress_percentage(100)
 
 
@@ -166,7 +188,7 @@ class FilterPosts(StageTask):
 
         log = StageLog(self.stage)
         with atomic_directory(self.output()) as tmp:
-            self.save(tmp, filter_posts(self.upstream_records(), log, self.max_hashtags, self.language), log)
+            self.save(tmp, filter_posts(self.progress(self.upstream_records()), log, self.max_hashtags, self.language), log)
         self.set_progress_percentage(100)
 
 
@@ -190,13 +212,6 @@ class ImageStage(StageTask):
         return ImageJournal(self.path("work", f"{self.stage}-journal.jsonl"), ImageStore(self.dataset_dir),
                             parameters, batch=self.journal_batch)
 
-    def counted(self, records: list[dict]) -> Iterator[dict]:
-        for i, record in enumerate(records):
-            if i % 100 == 0:
-                self.set_progress_percentage(int(100 * i / max(len(records), 1)))
-                self.set_status_message(f"{self.stage}: {i} of {len(records)} posts")
-            yield record
-
 
 class FetchImages(ImageStage):
     """Each post's one photo fetched (or read from the archive), checked, decoded and stored by content hash
@@ -214,13 +229,13 @@ class FetchImages(ImageStage):
         from pipeline.fetch import download, make_session
 
         session = make_session(retries=self.retries)
-        records = list(self.upstream_records())
+        records = self.upstream_records()
         log = StageLog(self.stage)
 
         def get(url: str) -> bytes:
             return download(session, url, self.max_bytes, self.timeout)
 
-        kept = fetch_images(self.counted(records), log, self.journal(), get, self.max_bytes, self.max_pixels,
+        kept = fetch_images(self.progress(records), log, self.journal(), get, self.max_bytes, self.max_pixels,
                             self.require_jpeg)
         with atomic_directory(self.output()) as tmp:
             self.save(tmp, kept, log)
@@ -253,9 +268,9 @@ class ReleaseImages(ImageStage):
         from pipeline.clean import release_images
         from pipeline.sources.cmkp import release_image_files
 
-        records = list(self.upstream_records())
+        records = self.upstream_records()
         log = StageLog(self.stage, unit="images")
-        kept = release_images(self.counted(records), log, self.journal(), release_image_files(self.input_path),
+        kept = release_images(self.progress(records), log, self.journal(), release_image_files(self.input_path),
                               self.max_bytes, self.max_pixels, self.require_jpeg)
         with atomic_directory(self.output()) as tmp:
             self.save(tmp, kept, log)
@@ -276,7 +291,7 @@ class DedupeImages(StageTask):
 
         log = StageLog(self.stage)
         with atomic_directory(self.output()) as tmp:
-            self.save(tmp, dedupe_images(self.upstream_records(), log, self.max_distance), log)
+            self.save(tmp, dedupe_images(self.progress(self.upstream_records()), log, self.max_distance), log)
         self.set_progress_percentage(100)
 
 
@@ -296,14 +311,13 @@ class TokenizePosts(StageTask):
         from pipeline.segment import build_segmenter
         from pipeline.text import PostTokenizer
 
-        records = list(self.upstream_records())
+        records = self.upstream_records()
         self.set_status_message("building the hashtag segmenter")
         segmenter = build_segmenter(corpus_texts=[r["text"] for r in records],
                                     stats_from=self.segmenter_stats_from, learn_from=self.segmenter_learn_from)
-        self.set_progress_percentage(50)
         log = StageLog(self.stage)
         with atomic_directory(self.output()) as tmp:
-            self.save(tmp, tokenize_posts(records, log, PostTokenizer(segmenter), self.min_tokens), log)
+            self.save(tmp, tokenize_posts(self.progress(records), log, PostTokenizer(segmenter), self.min_tokens), log)
         self.set_progress_percentage(100)
 
 
@@ -320,7 +334,7 @@ class FilterHashtags(StageTask):
         from pipeline.clean import filter_hashtags
 
         log = StageLog(self.stage)
-        records = list(self.upstream_records())
+        records = self.upstream_records()
         with atomic_directory(self.output()) as tmp:
             self.save(tmp, filter_hashtags(records, log, self.min_hashtag_count), log)
         self.set_progress_percentage(100)

@@ -72,3 +72,35 @@ def test_archive_chain_rejects_each_case_with_its_reason(tmp_path, small_config)
     # Only images that passed validation are stored, once per content: posts 1, 2, 15, 16, 17, 18 (post 14's
     # bytes are post 1's; posts 10-13 failed validation; the filter stage's rejects were never fetched).
     assert len(list((out / "images").rglob("*.jpg"))) == 6
+
+
+def test_stages_report_progress(tmp_path, monkeypatch):
+    """Every stage reports its share done as it goes (here at every record) and its counts at the end."""
+    from pipeline import text_tasks
+
+    monkeypatch.setattr(text_tasks, "PROGRESS_SECONDS", 0.0)
+    reports: dict[str, list] = {}
+    stages = {"CrawlTweets": "crawl", "FilterPosts": "filter", "FetchImages": "images", "DedupeImages": "dedupe"}
+
+    def recorder(name):
+        original = getattr(luigi.scheduler.Scheduler, name)
+
+        def record(scheduler, task_id, value):
+            reports.setdefault(stages[task_id.split("_")[0]], []).append(value)
+            return original(scheduler, task_id, value)
+        return record
+
+    for name in ("set_task_progress_percentage", "set_task_status_message"):
+        monkeypatch.setattr(luigi.scheduler.Scheduler, name, recorder(name))
+    archive = write_archive(tmp_path / "archive")
+    task = text_tasks.DedupeImages(source="archive", input_path=str(archive), dataset_dir=str(tmp_path / "out"))
+    assert luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
+    assert list(reports) == ["crawl", "filter", "images", "dedupe"]
+    # The archive holds 20 lines; the filter reads the crawl's 18 posts and keeps 11 for the image stage.
+    assert reports["crawl"][:2] == ["crawl: read 1, kept 1", "crawl: read 2, kept 2"]
+    assert reports["crawl"][-2:] == ["crawl: read 20, kept 18, rejected {'malformed_json': 1, 'duplicate_id': 1}",
+                                     100]
+    filter_percentages = [p for p in reports["filter"] if isinstance(p, int)]
+    assert filter_percentages == [int(100 * i / 18) for i in range(18)] + [100]
+    assert "images: 10 of 11 posts" in reports["images"]
+    assert reports["dedupe"][-1] == 100
