@@ -45,6 +45,9 @@ import numpy as np
 import skimage.data
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
+# The pipeline's own perceptual hash, so "distinct" here means distinct to the dedupe stage.
+from pipeline.images import dhash, hamming
+
 TOPICS_FILE = Path(__file__).resolve().parent / "sample" / "topics.json"
 PHOTO_DIR = Path(skimage.data.__file__).parent   # the photos scikit-image ships in its wheel
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
@@ -113,17 +116,6 @@ def text_words(text):
 
 def content_words(segmentation):
     return set(segmentation.split()) - STOPWORDS
-
-
-def dhash(image):
-    """64-bit difference hash: 9x8 grayscale, each pixel compared with its right neighbour."""
-    px = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
-    bits = (px[:, 1:] > px[:, :-1]).ravel()
-    return int(np.packbits(bits).view(">u8")[0])
-
-
-def hamming(a, b):
-    return (a ^ b).bit_count()
 
 
 def snowflake(moment, sequence):
