@@ -157,3 +157,55 @@ def test_missing_weights_file_names_the_file(tmp_path):
     missing = tmp_path / "frcnn-coco.pth"
     with pytest.raises(WeightsNotFoundError, match="frcnn-coco.pth"):
         build_extractor(backend="torchvision", weights=str(missing), device="cpu")
+
+
+# ---------------------------------------------------------------- detectron2 backend
+needs_detectron2 = pytest.mark.skipif(importlib.util.find_spec("detectron2") is None,
+                                      reason="detectron2 is not installed (optional backend; CI has none)")
+# The real R101-C4 architecture, with a small input and 48 proposals (not 300) to keep CPU cost low.
+D2_SMALL = dict(weights="random", seed=1, device="cpu", min_size=200, max_size=333, num_proposals=48)
+
+
+@pytest.fixture(scope="module")
+def detectron2_run():
+    extractor = build_extractor(backend="detectron2", **D2_SMALL)
+    return extractor, extractor.extract(photos()[:1])
+
+
+@pytest.mark.detectron2
+@needs_detectron2
+def test_detectron2_outputs_36_finite_boxes_with_objects_and_attributes(detectron2_run):
+    extractor, outputs = detectron2_run
+    out, image = outputs[0], photos()[0]
+    assert out["features"].shape == (36, 2048) and out["features"].dtype == np.float32
+    assert np.isfinite(out["features"]).all() and np.abs(out["features"]).max() < 65504
+    boxes = out["boxes"]
+    assert boxes.shape == (36, 4) and (boxes >= 0).all()
+    assert (boxes[:, 2] <= image.width).all() and (boxes[:, 3] <= image.height).all()
+    assert ((out["objects"] >= 0) & (out["objects"] < 1600)).all()
+    assert ((out["attributes"] >= 0) & (out["attributes"] < 400)).all()
+    assert ((out["attribute_scores"] > 0) & (out["attribute_scores"] <= 1)).all()
+    prov = json.loads(json.dumps(extractor.provenance()))
+    assert prov["backend"] == "detectron2" and prov["random_weights"] is True
+    assert len(prov["object_vocab"]) == 1600 and len(prov["attribute_vocab"]) == 400
+
+
+@pytest.mark.detectron2
+@needs_detectron2
+def test_detectron2_model_has_the_bottom_up_attention_architecture(detectron2_run):
+    extractor, _ = detectron2_run
+    model = extractor.model
+    res5 = model.roi_heads.res5
+    assert res5[0].conv2.stride == (1, 1) and all(block.conv2.dilation == (2, 2) for block in res5)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 1601
+    assert model.roi_heads.attribute_head.attr_linear2.out_features == 401
+    assert model.proposal_generator.rpn_head.conv.out_channels == 512
+    stem_out = model.backbone.stem(torch.zeros(1, 3, 64, 64))   # conv stride 2 -> 32, caffe max-pool (ceil) -> 16
+    assert stem_out.shape[-2:] == (16, 16)
+
+
+@pytest.mark.detectron2
+@needs_detectron2
+def test_detectron2_missing_weights_file_names_the_file(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="faster_rcnn_from_caffe_attr.pkl"):
+        build_extractor(backend="detectron2", weights=str(tmp_path / "faster_rcnn_from_caffe_attr.pkl"), device="cpu")
