@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 import luigi
 
 from pipeline import shards
-from pipeline.report import StageLog
+from pipeline.report import StageLog, load_counts
 from pipeline.sources import SOURCES
 
 SPLITS = ("train", "valid", "test")
@@ -127,7 +127,17 @@ class StageTask(DatasetTask):
             yield record
 
     def save(self, directory: Path, records: Iterable[dict], log: StageLog) -> None:
-        write_jsonl(directory / "posts.jsonl", records)
+        written = write_jsonl(directory / "posts.jsonl", records)
+        # Nothing lost between stages: a stage of posts reads every post the stage before it kept and writes every
+        # post it keeps; a stage of images (ReleaseImages) passes every post through.
+        upstream = self.requires()
+        passed_in = load_counts(upstream.output().path)["kept"] if isinstance(upstream, StageTask) else None
+        expected = {"read": passed_in, "written": log.kept} if log.unit == "posts" else {"written": passed_in}
+        found = {"read": log.read, "written": written}
+        for what, n in expected.items():
+            if n is not None and found[what] != n:
+                raise AssertionError(f"stage {self.stage!r}: {found[what]} posts {what}, expected {n} "
+                                     f"(read {log.read}, kept {log.kept}, stage before kept {passed_in})")
         log.save(directory)
         self.set_status_message(f"{self.stage}: read {log.read}, kept {log.kept}, rejected {dict(log.rejected)}")
 

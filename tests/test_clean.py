@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import shards
 from pipeline.tasks import BuildDataset
+from pipeline.text_tasks import DedupeImages
 from text_archive_fixture import EXPECTED_REJECTS, KEPT_IDS, write_archive
 
 
@@ -104,3 +105,20 @@ def test_stages_report_progress(tmp_path, monkeypatch):
     assert filter_percentages == [int(100 * i / 18) for i in range(18)] + [100]
     assert "images: 10 of 11 posts" in reports["images"]
     assert reports["dedupe"][-1] == 100
+
+
+def test_a_post_lost_between_stages_fails_the_stage(tmp_path, monkeypatch):
+    """A stage that drops a post without a rejection breaks the reconciliation: it fails, writing nothing."""
+    from pipeline import clean
+
+    real = clean.dedupe_images
+
+    def losing(records, log, max_distance):
+        records = list(records)
+        return real(records[1:], log, max_distance)  # the first post vanishes without a reason
+
+    monkeypatch.setattr(clean, "dedupe_images", losing)
+    archive = write_archive(tmp_path / "archive")
+    task = DedupeImages(source="archive", input_path=str(archive), dataset_dir=str(tmp_path / "out"))
+    assert not luigi.build([task], local_scheduler=True, workers=1, log_level="CRITICAL")
+    assert (tmp_path / "out" / "work" / "images").is_dir() and not (tmp_path / "out" / "work" / "dedupe").exists()
