@@ -6,8 +6,8 @@ classes. The shared box rule (pipeline.butd.select_boxes) keeps 36 proposals (or
 go through the feature head: RoIAlign 14x14 on the body's C4 map (stride 16, 1024 channels), then the body's
 own res5 block, mean-pooled to 2048-d. By default res5 keeps the stride 2 the detector was trained with
 (the standard ResNet C4 head: 7x7x2048 out); `res5_dilation=True` makes it stride 1 / dilation 2 as in
-bottom-up attention (14x14x2048 out, 4x the cost). Capping the candidates before res5 is what keeps this
-under 1 CPU-second per image: res5 over all 300 proposals costs several times more.
+bottom-up attention (14x14x2048 out, 4x the res5 cost). Capping the candidates before res5, with bf16, makes
+this about 5x cheaper than float32 res5 over all 300 proposals (benchmarks/bench_butd.py).
 
 Attributes: COCO detectors have no attribute head, so attributes are -1 with NaN scores (there is no real
 source of Visual Genome attributes in this backend; the detectron2 backend has one).
