@@ -22,6 +22,7 @@ import math
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -32,12 +33,33 @@ DEFAULT_MAPPING_FILE = Path(__file__).resolve().parent.parent / "data" / "hashta
 CMKP_SEP = "<sep>"
 # ekphrasis joins bigram keys with "_" (ekphrasis.classes.segmenter.NGRAM_SEP)
 NGRAM_SEP = "_"
+# the Viterbi state "the previous word starts no bigram" (no bigram key begins with "_")
+NO_CONTEXT = ""
 # placeholders of preprocessed text (<user>, <url>, <number>, ...) are not words
 PLACEHOLDER = re.compile(r"<[a-z_]+>")
 WORD = re.compile(r"[a-z0-9]+")
 # CamelCase parts: an acronym before a capitalised word (BTSArmy -> BTS, Army), a capitalised or lowercase
 # word, an all-caps run, a number
 CAMEL_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+
+
+
+@dataclass
+class SegmenterConfig:
+    """Weights of the statistics; each source's total is rescaled to `weight x` the web counts' total."""
+
+    wordfreq_weight: float = 1.0  # wordfreq's modern word list (web, Twitter, Reddit, subtitles; unigrams only)
+    corpus_weight: float = 1.0  # words and word pairs of the corpus being processed
+    lexicon_weight: float = 1.0  # words and word pairs of already segmented keyphrases
+    # web counts give lone letters (initials, list markers) the mass of common words, while a lone letter in a
+    # hashtag is nearly always a wrong split (`dinosaur s`); their counts are multiplied by this
+    single_letter_factor: float = 0.01
+    # P(unknown word) = unknown_scale x ekphrasis's 10 / (N x 10^len): a hashtag's unknown word is more often an
+    # acronym or a name (`bwfc`) than running text's, and splitting it into short known words is nearly always wrong
+    unknown_scale: float = 1e6
+    # wordfreq's estimate for a number (`19`: 2e-4) times this: smaller keeps `ff14` whole, larger splits `wwdc 19`
+    number_factor: float = 1e-4
+    max_split_length: int = 20  # longest word the Viterbi search considers (ekphrasis's default)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -61,6 +83,23 @@ def web_counts() -> tuple[dict[str, int], dict[str, int]]:
             pair, count = line.split("\t")
             bigrams[pair.replace(" ", NGRAM_SEP)] = int(count)
     return unigrams, bigrams
+
+
+@lru_cache(maxsize=1)
+def wordfreq_frequencies() -> dict[str, float]:
+    """wordfreq's large English list, letters and digits only (multi-digit numbers are folded to `00`...)."""
+    import wordfreq
+
+    return {word: frequency for word, frequency in wordfreq.get_frequency_dict("en", "large").items()
+            if WORD.fullmatch(word)}
+
+
+@lru_cache(maxsize=1 << 16)
+def number_frequency(token: str) -> float:
+    """wordfreq's estimate for a token with digits (`19`, `116th`); it spreads `00`'s mass over the numbers."""
+    import wordfreq
+
+    return wordfreq.word_frequency(token, "en", "large")
 
 
 def text_words(text: str) -> list[str]:
@@ -110,6 +149,45 @@ def read_corpus(path: Path) -> tuple[list[str], list[str]]:
         return [text for text, _ in posts], [k for _, keyphrases in posts for k in keyphrases]
     with open(path, encoding="utf-8") as f:
         return [line for line in f if line.strip()], []
+
+
+def mixed_counts(texts: Iterable[str], keyphrases: Iterable[str],
+                 config: SegmenterConfig) -> tuple[dict[str, int], dict[str, int]]:
+    """Unigram and bigram counts (ekphrasis key format) of the web mixed with wordfreq, texts and keyphrases."""
+    web_unigrams, web_bigrams = web_counts()
+    web_total = sum(web_unigrams.values())
+    unigrams = dict(web_unigrams)
+    bigrams = dict(web_bigrams)
+
+    def mix(source_unigrams: Mapping[str, float], source_bigrams: Mapping[str, float], weight: float) -> None:
+        # a source's total becomes `weight` x the web total, so sources of any size mix in fixed proportions
+        source_total = sum(source_unigrams.values())
+        if not source_total or weight <= 0:
+            return
+        scale = weight * web_total / source_total
+        for word, count in source_unigrams.items():
+            unigrams[word] = unigrams.get(word, 0) + round(count * scale)
+        for pair, count in source_bigrams.items():
+            bigrams[pair] = bigrams.get(pair, 0) + round(count * scale)
+
+    mix(wordfreq_frequencies(), {}, config.wordfreq_weight)
+    mix(*count_words(texts), config.corpus_weight)
+    # a keyphrase's word pairs tell how hashtags split, so they go into the bigram table too
+    mix(*count_words(keyphrases), config.lexicon_weight)
+    # word pairs with a lone letter shrink with it, so P(letter | prev) shrinks and P(next | letter) stays <= 1
+    for letter in "bcdefghjklmnopqrstuvwxyz":
+        if letter in unigrams:
+            unigrams[letter] = max(1, round(unigrams[letter] * config.single_letter_factor))
+    for pair in list(bigrams):
+        first, second = pair.split(NGRAM_SEP)
+        factor = (config.single_letter_factor if len(first) == 1 and first not in "ai" else 1) * (
+            config.single_letter_factor if len(second) == 1 and second not in "ai" else 1)
+        if factor != 1:
+            bigrams[pair] = round(bigrams[pair] * factor)
+            if not bigrams[pair]:  # a zero count would be log10(0); an absent pair falls back to unigrams
+                del bigrams[pair]
+
+    return unigrams, bigrams
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -169,32 +247,87 @@ def _ekphrasis_segmenter_class():
         """ekphrasis's Viterbi segmenter over counts given in memory.
 
         `Segmenter.__init__` reads `~/.ekphrasis/stats/<corpus>/` and downloads the stats when it is missing;
-        this sets the same attributes from the given counts instead. `find_segment` is the same recursion
-        with a memo per call (ekphrasis's class-level `lru_cache` would keep every instance alive).
+        this sets the same attributes from the given counts instead. Changes, each for a reason: an unknown
+        word's probability is scaled (`SegmenterConfig.unknown_scale`) and one with digits gets wordfreq's
+        number estimate when that is higher; a run of digits is never cut (`1 0 year challenge`); the search
+        keeps its memo per call (ekphrasis's class-level `lru_cache` would keep every instance and its tables
+        alive) and computes the same probabilities without its exception-driven fallback (speed).
         """
 
-        def __init__(self, unigrams: dict[str, int], bigrams: dict[str, int], max_split_length: int = 20):
+        def __init__(self, unigrams: dict[str, int], bigrams: dict[str, int], config: SegmenterConfig):
+            self.unknown_scale = config.unknown_scale
+            self.number_factor = config.number_factor
             self.unigrams = unigrams
             self.bigrams = bigrams
             self.N = sum(unigrams.values())
-            self.L = max_split_length
+            self.L = config.max_split_length
             self.Pw = Pdist(unigrams, self.N, self.unk_probability)
             self.P2w = Pdist(bigrams, self.N)
+            self.bigram_firsts = {pair.split(NGRAM_SEP, 1)[0] for pair in bigrams}
             self.case_split = ExManager().get_compiled()["camel_split"]
+            # log10 P(word) does not depend on the context: shared by all calls, bounded
+            self.log_unigram = lru_cache(maxsize=1 << 20)(lambda word: math.log10(self.Pw(word)))
+
+        def unk_probability(self, key, total):
+            unknown = self.unknown_scale * Segmenter.unk_probability(key, total)
+            if not key.isalpha():
+                return max(unknown, self.number_factor * number_frequency(key))
+            return unknown
+
+        def log_cond_prob(self, word: str, prev: str) -> float:
+            """log10 of ekphrasis's `condProbWord(word, prev)`: the bigram estimate where both counts exist,
+            else the unigram probability."""
+            if prev is not NO_CONTEXT:
+                pair = self.P2w.get(prev + NGRAM_SEP + word)
+                if pair is not None and prev in self.Pw:
+                    return math.log10(pair / self.Pw[prev])
+            return self.log_unigram(word)
 
         def find_segment(self, text, prev="<S>"):
-            memo: dict[tuple[str, str], tuple[float, list[str]]] = {}
+            """(log10 P(words), words) of the best segmentation of text, scored as ekphrasis's `condProbWord`
+            scores it, never cutting between two digits.
 
-            def best(text: str, prev: str) -> tuple[float, list[str]]:
-                if not text:
-                    return 0.0, []
-                if (text, prev) not in memo:
-                    memo[text, prev] = max(
-                        self.combine((math.log10(self.condProbWord(first, prev)), first), best(rem, first))
-                        for first, rem in self.splits(text))
-                return memo[text, prev]
-
-            return best(text, prev)
+            Dynamic programming from the end of the text (no recursion, so any length works). State: a position
+            and the previous word. A previous word that starts no bigram conditions nothing (the unigram fallback),
+            so all such words share one state, NO_CONTEXT: exact, and it keeps the states per position to the few
+            known words ending there. At each position the unigram-scored candidates are ranked once; a context
+            word only re-scores the candidates it has a bigram with.
+            """
+            n = len(text)
+            start = prev if prev in self.bigram_firsts else NO_CONTEXT
+            # best[i, context] = (log10 P of the best words for text[i:] after context, end of the first word)
+            best: dict[tuple[int, str], tuple[float, int]] = {}
+            for i in range(n - 1, -1, -1):
+                # (first word, log10 P of the best rest after it, end) for each allowed end j
+                options = []
+                for j in range(i + 1, min(n, i + self.L) + 1):
+                    if j < n and text[j - 1].isdigit() and text[j].isdigit():
+                        continue
+                    first = text[i:j]
+                    rest = best[j, first if first in self.bigram_firsts else NO_CONTEXT][0] if j < n else 0.0
+                    options.append((first, rest, j))
+                ranked = sorted(((self.log_unigram(first) + rest, j) for first, rest, j in options), reverse=True)
+                best[i, NO_CONTEXT] = ranked[0]
+                contexts = {start} if i == 0 else {text[k:i] for k in range(max(0, i - self.L), i)}
+                for context in contexts & self.bigram_firsts:
+                    if context not in self.Pw:  # no unigram count: ekphrasis falls back to unigrams
+                        best[i, context] = ranked[0]
+                        continue
+                    context_count = self.Pw[context]
+                    rescored = {}
+                    for first, rest, j in options:
+                        pair = self.P2w.get(context + NGRAM_SEP + first)
+                        if pair is not None:
+                            rescored[j] = math.log10(pair / context_count) + rest
+                    top = next((candidate for candidate in ranked if candidate[1] not in rescored), (-math.inf, n))
+                    best[i, context] = max([top, *((logp, j) for j, logp in rescored.items())])
+            words, i, context = [], 0, start
+            logp = best[0, start][0] if n else 0.0
+            while i < n:
+                j = best[i, context][1]
+                words.append(text[i:j])
+                i, context = j, text[i:j] if text[i:j] in self.bigram_firsts else NO_CONTEXT
+            return logp, words
 
     return _CountsSegmenter
 
@@ -225,15 +358,13 @@ class HashtagSegmenter:
 
 def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str | Path] = (),
                     learn_from: Iterable[str | Path] = (), mappings: Iterable[str | Path] = (DEFAULT_MAPPING_FILE,),
-                    corpus_weight: float = 1.0, lexicon_weight: float = 1.0) -> HashtagSegmenter:
-    """A hashtag segmenter over web counts mixed with corpus counts.
+                    config: SegmenterConfig = SegmenterConfig()) -> HashtagSegmenter:
+    """A hashtag segmenter over web counts mixed with wordfreq, corpus and keyphrase counts.
 
     corpus_texts: raw or tokenized post texts whose words are mixed into the statistics.
     stats_from: corpus files (plain text, or CMKP `*_src.txt` whose keyphrases also feed the lexicon).
     learn_from: CMKP `*_src.txt` files whose segmented keyphrases become mapping entries.
     mappings: TSV files of hand-curated entries; they win over everything (later files over earlier ones).
-    corpus_weight: total weight of the corpus counts relative to the web counts' total.
-    lexicon_weight: total weight of the keyphrase lexicon relative to the web counts' total.
     """
     texts = list(corpus_texts)
     keyphrases: list[str] = []
@@ -248,24 +379,8 @@ def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str |
     for path in mappings:
         manual.update(read_mapping_file(Path(path)))
 
-    web_unigrams, web_bigrams = web_counts()
-    web_total = sum(web_unigrams.values())
-    unigrams = dict(web_unigrams)
-    bigrams = dict(web_bigrams)
-    # corpus counts and keyphrase counts are rescaled to a share of the web total; a keyphrase's bigrams
-    # tell how hashtags split, so they go into the bigram table with the same scale
-    for source, weight in ((count_words(texts), corpus_weight), (count_words(keyphrases), lexicon_weight)):
-        source_unigrams, source_bigrams = source
-        source_total = sum(source_unigrams.values())
-        if not source_total or weight <= 0:
-            continue
-        scale = weight * web_total / source_total
-        for word, count in source_unigrams.items():
-            unigrams[word] = unigrams.get(word, 0) + round(count * scale)
-        for pair, count in source_bigrams.items():
-            bigrams[pair] = bigrams.get(pair, 0) + round(count * scale)
-
-    viterbi = _ekphrasis_segmenter_class()(unigrams, bigrams)
+    unigrams, bigrams = mixed_counts(texts, keyphrases, config)
+    viterbi = _ekphrasis_segmenter_class()(unigrams, bigrams, config)
     return HashtagSegmenter(viterbi, {**learned, **manual})
 
 
