@@ -151,42 +151,69 @@ def read_corpus(path: Path) -> tuple[list[str], list[str]]:
         return [line for line in f if line.strip()], []
 
 
-def mixed_counts(texts: Iterable[str], keyphrases: Iterable[str],
-                 config: SegmenterConfig) -> tuple[dict[str, int], dict[str, int]]:
-    """Unigram and bigram counts (ekphrasis key format) of the web mixed with wordfreq, texts and keyphrases."""
-    web_unigrams, web_bigrams = web_counts()
-    web_total = sum(web_unigrams.values())
-    unigrams = dict(web_unigrams)
-    bigrams = dict(web_bigrams)
+def mix_into(unigrams: dict[str, int], bigrams: dict[str, int], source_unigrams: Mapping[str, float],
+             source_bigrams: Mapping[str, float], scale: float) -> None:
+    """Add a source's counts times scale, in place (a count that rounds to 0 adds nothing: no zero entries)."""
+    for table, source in ((unigrams, source_unigrams), (bigrams, source_bigrams)):
+        for key, count in source.items():
+            if scaled := round(count * scale):
+                table[key] = table.get(key, 0) + scaled
 
-    def mix(source_unigrams: Mapping[str, float], source_bigrams: Mapping[str, float], weight: float) -> None:
-        # a source's total becomes `weight` x the web total, so sources of any size mix in fixed proportions
-        source_total = sum(source_unigrams.values())
-        if not source_total or weight <= 0:
-            return
-        scale = weight * web_total / source_total
-        for word, count in source_unigrams.items():
-            unigrams[word] = unigrams.get(word, 0) + round(count * scale)
-        for pair, count in source_bigrams.items():
-            bigrams[pair] = bigrams.get(pair, 0) + round(count * scale)
 
-    mix(wordfreq_frequencies(), {}, config.wordfreq_weight)
-    mix(*count_words(texts), config.corpus_weight)
-    # a keyphrase's word pairs tell how hashtags split, so they go into the bigram table too
-    mix(*count_words(keyphrases), config.lexicon_weight)
-    # word pairs with a lone letter shrink with it, so P(letter | prev) shrinks and P(next | letter) stays <= 1
-    for letter in "bcdefghjklmnopqrstuvwxyz":
-        if letter in unigrams:
-            unigrams[letter] = max(1, round(unigrams[letter] * config.single_letter_factor))
+def share_scale(source_total: float, weight: float, web_total: int) -> float:
+    """The factor that makes a source's total `weight` x the web total: sources of any size mix in fixed
+    proportions (0 for an empty source)."""
+    return weight * web_total / source_total if source_total else 0.0
+
+
+def shrink_lone_letters(unigrams: dict, bigrams: dict, factor: float) -> None:
+    """Multiply the counts of lone letters other than `a` and `i` by factor, in place.
+
+    Text gives lone letters (initials, list markers, the `s` of a split `'s`) the mass of common words, while a
+    lone letter in a hashtag is nearly always a wrong split (`dinosaur s`). Word pairs with a lone letter shrink
+    with it, so P(letter | prev) shrinks and P(next | letter) stays <= 1.
+    """
+    def is_lone_letter(word: str) -> bool:
+        return len(word) == 1 and word.isalpha() and word not in "ai"
+
+    for word in [word for word in unigrams if is_lone_letter(word)]:
+        unigrams[word] = max(1, round(unigrams[word] * factor))
     for pair in list(bigrams):
         first, second = pair.split(NGRAM_SEP)
-        factor = (config.single_letter_factor if len(first) == 1 and first not in "ai" else 1) * (
-            config.single_letter_factor if len(second) == 1 and second not in "ai" else 1)
-        if factor != 1:
-            bigrams[pair] = round(bigrams[pair] * factor)
+        shrink = (factor if is_lone_letter(first) else 1) * (factor if is_lone_letter(second) else 1)
+        if shrink != 1:
+            bigrams[pair] = round(bigrams[pair] * shrink)
             if not bigrams[pair]:  # a zero count would be log10(0); an absent pair falls back to unigrams
                 del bigrams[pair]
 
+
+@lru_cache(maxsize=2)
+def general_counts(wordfreq_weight: float, single_letter_factor: float) -> tuple[dict[str, int], dict[str, int]]:
+    """Web counts mixed with wordfreq, lone letters scaled down: the part of the statistics that does not depend
+    on the corpus (built once per process and configuration)."""
+    web_unigrams, web_bigrams = web_counts()
+    unigrams, bigrams = dict(web_unigrams), dict(web_bigrams)
+    frequencies = wordfreq_frequencies()
+    mix_into(unigrams, bigrams, frequencies, {},
+             share_scale(sum(frequencies.values()), wordfreq_weight, sum(web_unigrams.values())))
+    shrink_lone_letters(unigrams, bigrams, single_letter_factor)
+    return unigrams, bigrams
+
+
+def mixed_counts(texts: Iterable[str], keyphrases: Iterable[str],
+                 config: SegmenterConfig) -> tuple[dict[str, int], dict[str, int]]:
+    """Unigram and bigram counts (ekphrasis key format): `general_counts` mixed with the corpus and keyphrases."""
+    general_unigrams, general_bigrams = general_counts(config.wordfreq_weight, config.single_letter_factor)
+    unigrams, bigrams = dict(general_unigrams), dict(general_bigrams)
+    web_total = sum(web_counts()[0].values())
+    # a keyphrase's word pairs tell how hashtags split, so they go into the bigram table too
+    for source, weight in ((texts, config.corpus_weight), (keyphrases, config.lexicon_weight)):
+        source_unigrams, source_bigrams = count_words(source)
+        scale = share_scale(sum(source_unigrams.values()), weight, web_total)  # its share before shrinking
+        scaled_unigrams = {word: count * scale for word, count in source_unigrams.items()}
+        scaled_bigrams = {pair: count * scale for pair, count in source_bigrams.items()}
+        shrink_lone_letters(scaled_unigrams, scaled_bigrams, config.single_letter_factor)
+        mix_into(unigrams, bigrams, scaled_unigrams, scaled_bigrams, 1.0)
     return unigrams, bigrams
 
 
