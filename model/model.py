@@ -110,6 +110,9 @@ class Fusion(nn.Module):
             for q, m in self.terms if q != m})
         self.proj = nn.ModuleDict({f"{q}->{m}": nn.Linear(c.hidden, c.hidden, bias=False) for q, m in self.terms})
         self.bias = nn.Parameter(torch.zeros(c.hidden))
+        # Unit-scale output: pooled GRU states are small (|x| ~ 0.05 at start), and with Adam the logits of the
+        # heads then move by lr x |c_fuse| per step, so an un-normalised c_fuse makes the classifier crawl.
+        self.norm = nn.LayerNorm(c.hidden)
 
     def forward(self, feats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """feats: modality -> (x [B, N, H], mask [B, N])."""
@@ -131,7 +134,7 @@ class Fusion(nn.Module):
                     term = block(term, x, safe_mask)
             keep = (present[q] & present[m]).unsqueeze(1).to(term.dtype)
             out = out + self.proj[key](term) * keep
-        return out
+        return self.norm(out)
 
 
 @dataclass
@@ -188,6 +191,10 @@ class KeyphraseModel(nn.Module):
         self.agg_weight = 0.0             # b of Eq. 11; the trainer raises it after warm-up, saved with the model
         H = c.hidden
         self.embedding = nn.Embedding(len(vocabs.words), c.emb_dim, padding_idx=PAD)
+        # U(-0.1, 0.1) as the authors' random embeddings; torch's N(0, 1) saturates the GRU gates early
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        with torch.no_grad():
+            self.embedding.weight[PAD].zero_()
         self.emb_drop = nn.Dropout(c.emb_dropout)
         modalities = []
         if c.use_text:

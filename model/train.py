@@ -142,7 +142,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
         f"words, {len(vocabs.gen)} generator words, {len(vocabs.labels)} labels; "
         + ", ".join(f"{n} {len(s.posts)} posts" for n, s in splits.items()) + f"; device {dev}")
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=0)
     loader = make_loader(datasets["train"], config.batch_size, shuffle=True, seed=seed)
     ckpt_path = out_dir / CHECKPOINT
@@ -156,8 +157,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
             if config.freeze_classifier:    # the authors' stage 2: only the decoder keeps learning
                 for name, p in model.named_parameters():
                     p.requires_grad = name.startswith("decoder.")
-                optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                                             lr=optimizer.param_groups[0]["lr"], weight_decay=config.weight_decay)
+                optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                 weight_decay=config.weight_decay)
                 scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=0)
             stale = 0
         model.train()
@@ -206,6 +207,17 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
     log_file.close()
 
     model = load_checkpoint(ckpt_path, dev)
+    if config.ranking == "unified" and config.tune_rank_weight:
+        # The weight of the classifier in the unified ranking is chosen on DEV, like the checkpoint.
+        tried = {}
+        for lam in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9):
+            model.config.rank_cls_weight = lam
+            tried[lam] = score(predict_split(model, datasets["valid"], dev, config.batch_size), splits["valid"])["f1@1"]
+        model.config.rank_cls_weight = max(tried, key=tried.get)
+        log("unified ranking, DEV F1@1 by classifier weight: "
+            + ", ".join(f"{k}: {v:.2f}" for k, v in tried.items()) + f" -> {model.config.rank_cls_weight}")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        save_checkpoint(model, ckpt_path, {k: ckpt[k] for k in ("epoch", "seed")})
     metrics = {}
     for name, split in splits.items():
         if name == "train":

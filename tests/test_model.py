@@ -31,8 +31,8 @@ POSTS = [  # tokens, keyphrases, ocr, attributes
 
 def write_dataset(root, posts=POSTS, splits=("train", "valid"), vgg=True, butd=False, random_weights=False,
                   image_every=2):
-    rng = np.random.default_rng(0)
     for split in splits:
+        rng = np.random.default_rng(0)          # the same posts and images in every split
         (root / split).mkdir(parents=True)
         n = len(posts)
         present = [i % image_every == 0 for i in range(n)]
