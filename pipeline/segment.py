@@ -38,6 +38,8 @@ NO_CONTEXT = ""
 # placeholders of preprocessed text (<user>, <url>, <number>, ...) are not words
 PLACEHOLDER = re.compile(r"<[a-z_]+>")
 WORD = re.compile(r"[a-z0-9]+")
+# letters and digits of any script: what a hashtag is made of (underscores and punctuation separate words)
+ALNUM = re.compile(r"[^\W_]+")
 # CamelCase parts: an acronym before a capitalised word (BTSArmy -> BTS, Army), a capitalised or lowercase
 # word, an all-caps run, a number
 CAMEL_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
@@ -223,7 +225,7 @@ def mixed_counts(texts: Iterable[str], keyphrases: Iterable[str],
 
 def mapping_key(hashtag: str) -> str:
     """The lookup key of a hashtag: without `#`, lowercase, nothing but letters and digits."""
-    return "".join(WORD.findall(hashtag.lower()))
+    return "".join(ALNUM.findall(hashtag.lower()))
 
 
 def read_mapping_file(path: Path) -> dict[str, str]:
@@ -241,7 +243,7 @@ def read_mapping_file(path: Path) -> dict[str, str]:
             fields = line.split("\t")
             if len(fields) != 2:
                 raise ValueError(f"{path}:{number}: expected hashtag<TAB>segmentation, got {line!r}")
-            key, words = mapping_key(fields[0]), text_words(fields[1])
+            key, words = mapping_key(fields[0]), ALNUM.findall(fields[1].lower())
             if not key or "".join(words) != key:
                 raise ValueError(f"{path}:{number}: segmentation {fields[1]!r} does not spell {fields[0]!r}")
             mapping[key] = " ".join(words)
@@ -256,7 +258,7 @@ def learn_mappings(keyphrases: Iterable[str]) -> dict[str, str]:
     """
     seen: dict[str, Counter] = {}
     for keyphrase in keyphrases:
-        words = text_words(keyphrase)
+        words = ALNUM.findall(keyphrase.lower())
         if words:
             seen.setdefault("".join(words), Counter())[" ".join(words)] += 1
     return {key: counts.most_common(1)[0][0] for key, counts in seen.items()}
@@ -267,7 +269,6 @@ def learn_mappings(keyphrases: Iterable[str]) -> dict[str, str]:
 
 
 def _ekphrasis_segmenter_class():
-    from ekphrasis.classes.exmanager import ExManager
     from ekphrasis.classes.segmenter import Pdist, Segmenter
 
     class _CountsSegmenter(Segmenter):
@@ -278,7 +279,9 @@ def _ekphrasis_segmenter_class():
         word's probability is scaled (`SegmenterConfig.unknown_scale`) and one with digits gets wordfreq's
         number estimate when that is higher; a run of digits is never cut (`1 0 year challenge`); the search
         keeps its memo per call (ekphrasis's class-level `lru_cache` would keep every instance and its tables
-        alive) and computes the same probabilities without its exception-driven fallback (speed).
+        alive) and computes the same probabilities without its exception-driven fallback (speed). Only the
+        search is used: CamelCase and mappings are HashtagSegmenter's job, so ekphrasis's `segment` and its
+        CamelCase regex (`case_split`) are not set up.
         """
 
         def __init__(self, unigrams: dict[str, int], bigrams: dict[str, int], config: SegmenterConfig):
@@ -291,7 +294,6 @@ def _ekphrasis_segmenter_class():
             self.Pw = Pdist(unigrams, self.N, self.unk_probability)
             self.P2w = Pdist(bigrams, self.N)
             self.bigram_firsts = {pair.split(NGRAM_SEP, 1)[0] for pair in bigrams}
-            self.case_split = ExManager().get_compiled()["camel_split"]
             # log10 P(word) does not depend on the context: shared by all calls, bounded
             self.log_unigram = lru_cache(maxsize=1 << 20)(lambda word: math.log10(self.Pw(word)))
 
@@ -374,7 +376,10 @@ class HashtagSegmenter:
         body = hashtag.strip().lstrip("#")
         words: list[str] = []
         # underscores and other punctuation separate words; CamelCase only where the chunk has mixed case
-        for chunk in re.findall(r"[A-Za-z0-9]+", body):
+        for chunk in ALNUM.findall(body):
+            if not chunk.isascii():  # the statistics are English: a chunk with other letters stays one word
+                words.append(chunk.lower())
+                continue
             mixed_case = chunk != chunk.lower() and chunk != chunk.upper()
             for part in (CAMEL_PART.findall(chunk) if mixed_case else [chunk]):
                 part = part.lower()

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.segment import (DEFAULT_MAPPING_FILE, build_segmenter, learn_mappings, main, read_mapping_file)
+from pipeline.segment import (DEFAULT_MAPPING_FILE, SegmenterConfig, build_segmenter, learn_mappings, main,
+                              mixed_counts, read_mapping_file, web_counts)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -130,6 +131,23 @@ def test_search_matches_ekphrasis_recursion(segmenter):
         reference_logp, reference_words = Segmenter.find_segment(viterbi, text)
         logp, words = viterbi.find_segment(text)
         assert words == reference_words and logp == pytest.approx(reference_logp, abs=1e-9), text
+
+
+def test_other_scripts_are_kept_whole(segmenter):
+    assert segmenter.segment("#東京") == "東京"
+    assert segmenter.segment("#CaféDeFlore") == "cafédeflore"  # no CamelCase rule outside ASCII, nothing dropped
+    assert segmenter.segment("#Paris_Café") == "paris café"
+
+
+def test_corpus_counts_take_their_configured_share():
+    config = SegmenterConfig(wordfreq_weight=0, lexicon_weight=0, single_letter_factor=1, corpus_weight=0.5)
+    unigrams, bigrams = mixed_counts(["alpha beta <url>", "Alpha"], [], config)
+    web_unigrams, web_bigrams = web_counts()
+    share = 0.5 * sum(web_unigrams.values()) / 3  # 3 corpus words in all, placeholders dropped
+    assert unigrams["alpha"] - web_unigrams["alpha"] == round(2 * share)
+    assert unigrams["beta"] - web_unigrams["beta"] == round(share)
+    assert bigrams["alpha_beta"] - web_bigrams.get("alpha_beta", 0) == round(share)
+    assert "url" not in unigrams or unigrams["url"] == web_unigrams["url"]
 
 
 def test_corpus_texts_change_the_statistics():
