@@ -85,14 +85,12 @@ def hypothesis_strings(model: KeyphraseModel, hyps: Hypotheses, oov: list[list[s
 
 
 @torch.no_grad()
-def predict_batch(model: KeyphraseModel, batch: Batch) -> list[list[str]]:
-    """Ranked keyphrases per post, as the config's `ranking` defines:
-    generator: the beam's order (length-normalised score);
-    classifier: the labels by logit;
-    unified: P(kp) = lam P_cls(kp) + (1 - lam) P_gen(kp), P_gen the beam hypotheses' sequence probabilities."""
+def candidates_batch(model: KeyphraseModel, batch: Batch) -> list[tuple[list | None, list | None]]:
+    """Per post: (generator hypotheses [(kp, summed log P, normalised log P)] best first, or None;
+    classifier labels [(kp, probability)] best first, or None)."""
     c = model.config
     enc = model.encode(batch)
-    cls_ranked = None
+    cls_ranked = [None] * batch.src.shape[0]
     if c.classifier:
         probs = enc.cls_logits.softmax(-1)
         probs[:, 0] = 0.0                                                   # label 0 is not a keyphrase
@@ -100,19 +98,32 @@ def predict_batch(model: KeyphraseModel, batch: Batch) -> list[list[str]]:
         labels = model.vocabs.labels.words
         cls_ranked = [[(labels[i], p) for i, p in zip(ids, ps) if i != 0]
                       for ids, ps in zip(top.indices.tolist(), top.values.tolist())]
-    if c.ranking == "classifier":
-        return [[kp for kp, _ in post] for post in cls_ranked]
-    hyps = beam_search(model, batch, c.beam, c.max_kp_len, enc=enc)
-    gen_ranked = hypothesis_strings(model, hyps, batch.oov, limit=c.beam * 2)
-    if c.ranking == "generator":
-        return [[kp for kp, _, _ in post[:c.n_best]] for post in gen_ranked]
-    lam = c.rank_cls_weight
-    out = []
-    for gen_post, cls_post in zip(gen_ranked, cls_ranked):
-        score: dict[str, float] = {}
-        for kp, lp, _ in gen_post:
-            score[kp] = score.get(kp, 0.0) + (1 - lam) * math.exp(lp)
-        for kp, p in cls_post:
-            score[kp] = score.get(kp, 0.0) + lam * p
-        out.append(sorted(score, key=score.get, reverse=True)[:c.n_best])
-    return out
+    gen_ranked = [None] * batch.src.shape[0]
+    if c.generator:
+        hyps = beam_search(model, batch, c.beam, c.max_kp_len, enc=enc)
+        gen_ranked = hypothesis_strings(model, hyps, batch.oov, limit=c.beam * 2)
+    return list(zip(gen_ranked, cls_ranked))
+
+
+def rank(candidates: tuple[list | None, list | None], ranking: str, lam: float, n_best: int) -> list[str]:
+    """One post's ranked keyphrases:
+    generator: the beam's order (length-normalised score);
+    classifier: the labels by probability;
+    unified: P(kp) = lam P_cls(kp) + (1 - lam) P_gen(kp), P_gen the hypotheses' sequence probabilities."""
+    gen_post, cls_post = candidates
+    if ranking == "classifier":
+        return [kp for kp, _ in cls_post[:n_best]]
+    if ranking == "generator":
+        return [kp for kp, _, _ in gen_post[:n_best]]
+    score: dict[str, float] = {}
+    for kp, lp, _ in gen_post:
+        score[kp] = score.get(kp, 0.0) + (1 - lam) * math.exp(lp)
+    for kp, p in cls_post:
+        score[kp] = score.get(kp, 0.0) + lam * p
+    return sorted(score, key=score.get, reverse=True)[:n_best]
+
+
+def predict_batch(model: KeyphraseModel, batch: Batch) -> list[list[str]]:
+    """Ranked keyphrases per post, as the model's config defines the ranking."""
+    c = model.config
+    return [rank(cands, c.ranking, c.rank_cls_weight, c.n_best) for cands in candidates_batch(model, batch)]

@@ -63,7 +63,7 @@ class ModelConfig:
     # "generator": the beam's order; "classifier": label order; "unified": P(kp) = lam P_cls + (1-lam) P_gen
     ranking: str = "unified"
     rank_cls_weight: float = 0.5
-    tune_rank_weight: bool = True    # choose rank_cls_weight on DEV after training (from 0, .1, .25, .5, .75, .9)
+    tune_rank_weight: bool = True    # choose rank_cls_weight on DEV at every epoch (0, .1, .25, .5, .75, .9)
 
     def __post_init__(self):
         choices = {"vision": ("vgg", "butd", "none"), "fusion": ("pool", "text-query", "both"),

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.beam import predict_batch
+from model.beam import candidates_batch, rank
 from model.config import ModelConfig
 from model.data import PostDataset, Split, Vocabularies, make_loader, read_split, split_names
 from model.metrics import compute_metrics
 from model.model import KeyphraseModel
 
 CHECKPOINT = "model.pt"
+RANK_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 def set_seed(seed: int) -> None:
@@ -76,15 +77,39 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Key
 
 
 @torch.no_grad()
-def predict_split(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int = 64) -> list[list[str]]:
-    """Ranked keyphrases for every post of the dataset, in the split's order."""
+def split_candidates(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int = 64) -> list:
+    """Generator and classifier candidates for every post of the dataset, in the split's order."""
     model.eval()
-    out: list[list[str] | None] = [None] * len(dataset)
+    out: list = [None] * len(dataset)
     for batch in make_loader(dataset, batch_size, shuffle=False):
         batch = batch.to(device)
-        for i, kps in zip(batch.index.tolist(), predict_batch(model, batch)):
-            out[i] = kps
+        for i, cands in zip(batch.index.tolist(), candidates_batch(model, batch)):
+            out[i] = cands
     return out
+
+
+def rank_split(model: KeyphraseModel, candidates: list) -> list[list[str]]:
+    c = model.config
+    return [rank(cands, c.ranking, c.rank_cls_weight, c.n_best) for cands in candidates]
+
+
+def predict_split(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int = 64) -> list[list[str]]:
+    """Ranked keyphrases for every post of the dataset, in the split's order."""
+    return rank_split(model, split_candidates(model, dataset, device, batch_size))
+
+
+def select_rank_weight(model: KeyphraseModel, candidates: list, split: Split) -> dict:
+    """Scores on `split`; for the unified ranking, first set the classifier weight that maximises F1@1 on it
+    (DEV chooses it, as it chooses the checkpoint; re-ranking the same candidates costs no decoding)."""
+    c = model.config
+    if c.ranking == "unified" and c.tune_rank_weight:
+        tried = {}
+        for lam in RANK_WEIGHTS:
+            c.rank_cls_weight = lam
+            tried[lam] = score(rank_split(model, candidates), split)
+        c.rank_cls_weight = max(tried, key=lambda lam: tried[lam]["f1@1"])
+        return tried[c.rank_cls_weight]
+    return score(rank_split(model, candidates), split)
 
 
 @torch.no_grad()
@@ -181,9 +206,10 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
         val_loss = validation_loss(model, datasets["valid"], dev, config.batch_size)
         scheduler.step(val_loss)
         t0 = time.perf_counter()
-        val_metrics = score(predict_split(model, datasets["valid"], dev, config.batch_size), splits["valid"])
+        val_metrics = select_rank_weight(model, split_candidates(model, datasets["valid"], dev, config.batch_size),
+                                         splits["valid"])
         decode_s = time.perf_counter() - t0
-        record = {"epoch": epoch, "agg_weight": model.agg_weight,
+        record = {"epoch": epoch, "agg_weight": model.agg_weight, "rank_cls_weight": config.rank_cls_weight,
                   **{f"train_{k}": v / max(n_posts, 1) for k, v in sums.items()},
                   "valid_loss": val_loss, **{f"valid_{k}": val_metrics[k] for k in ("f1@1", "f1@3", "map@5")},
                   "lr": optimizer.param_groups[0]["lr"], "train_cpu_s": train_cpu, "train_wall_s": train_wall,
@@ -207,17 +233,6 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
     log_file.close()
 
     model = load_checkpoint(ckpt_path, dev)
-    if config.ranking == "unified" and config.tune_rank_weight:
-        # The weight of the classifier in the unified ranking is chosen on DEV, like the checkpoint.
-        tried = {}
-        for lam in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9):
-            model.config.rank_cls_weight = lam
-            tried[lam] = score(predict_split(model, datasets["valid"], dev, config.batch_size), splits["valid"])["f1@1"]
-        model.config.rank_cls_weight = max(tried, key=tried.get)
-        log("unified ranking, DEV F1@1 by classifier weight: "
-            + ", ".join(f"{k}: {v:.2f}" for k, v in tried.items()) + f" -> {model.config.rank_cls_weight}")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        save_checkpoint(model, ckpt_path, {k: ckpt[k] for k in ("epoch", "seed")})
     metrics = {}
     for name, split in splits.items():
         if name == "train":
