@@ -1,16 +1,19 @@
 """Hashtag segmentation: `#SaveHakeem` -> `save hakeem`.
 
 The paper segments hashtags with ekphrasis's segmenter (a Viterbi search over unigram/bigram word counts).
-ekphrasis downloads its statistics on first use, which is not possible here, so the counts are built offline:
+ekphrasis downloads its statistics on first use, which is not possible here, so the counts are built offline,
+each source rescaled to a fixed share of the web total (`SegmenterConfig`):
 
 * web counts: the Google web unigram/bigram counts that the `wordsegment` package ships in its wheel;
-* corpus counts: words and word pairs of the posts being processed (and, for a CMKP `*_src.txt`, its already
-  segmented keyphrases), rescaled so that the corpus weighs `corpus_weight` times the web counts;
-* a keyphrase lexicon: words of already segmented keyphrases get an extra boost (hashtag vocabulary differs
-  from running text: fandom names, event names).
+* wordfreq's large English word list (unigrams; web, Twitter, Reddit, subtitles: newer words such as `asmr`);
+* corpus counts: words and word pairs of the posts being processed (hashtags, mentions, URLs left out);
+* a keyphrase lexicon: words and word pairs of already segmented keyphrases (a CMKP `*_src.txt` given as a
+  statistics source), since hashtag vocabulary differs from running text (fandom names, event names).
 
-The counts are handed to ekphrasis's `Segmenter` in memory (`_CountsSegmenter` below), so nothing is read from
-or written to `~/.ekphrasis` and nothing is ever downloaded.
+The counts are handed to a subclass of ekphrasis's `Segmenter` in memory (`_CountsSegmenter`), so nothing is
+read from or written to `~/.ekphrasis` and nothing is ever downloaded. It scores exactly as ekphrasis does, with
+three calibrations for hashtags: lone letters (`s`, `x`) are rare words, unknown words are likelier (acronyms),
+and digit runs are never cut.
 
 Order of precedence for one hashtag: the manual mapping list (`data/hashtag_segmentation.tsv`, curated by hand)
 always wins, then learned mappings (keyphrases seen segmented in a `--learn-from` corpus), then the Viterbi
@@ -35,8 +38,9 @@ CMKP_SEP = "<sep>"
 NGRAM_SEP = "_"
 # the Viterbi state "the previous word starts no bigram" (no bigram key begins with "_")
 NO_CONTEXT = ""
-# placeholders of preprocessed text (<user>, <url>, <number>, ...) are not words
-PLACEHOLDER = re.compile(r"<[a-z_]+>")
+# not words of running text: placeholders of preprocessed text (<user>, <url>, <number>), URLs, mentions, and
+# hashtags (counting `savehakeem` as a word would vote for leaving the hashtags unsegmented)
+NOT_WORDS = re.compile(r"<[a-z_]+>|https?://\S+|[@#][^\W]+")
 WORD = re.compile(r"[a-z0-9]+")
 # letters and digits of any script: what a hashtag is made of (underscores and punctuation separate words)
 ALNUM = re.compile(r"[^\W_]+")
@@ -45,10 +49,11 @@ ALNUM = re.compile(r"[^\W_]+")
 CAMEL_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 
 
-
 @dataclass
 class SegmenterConfig:
-    """Weights of the statistics; each source's total is rescaled to `weight x` the web counts' total."""
+    """The statistics' mix (each source's total is rescaled to `weight` x the web counts' total) and the search's
+    calibration for hashtags. Defaults: chosen on the CMKP validation split's 2-fold benchmark
+    (benchmarks/bench_segment.py), where the results are flat around them."""
 
     wordfreq_weight: float = 1.0  # wordfreq's modern word list (web, Twitter, Reddit, subtitles; unigrams only)
     corpus_weight: float = 1.0  # words and word pairs of the corpus being processed
@@ -105,8 +110,9 @@ def number_frequency(token: str) -> float:
 
 
 def text_words(text: str) -> list[str]:
-    """Lowercase alphanumeric words of a raw or tokenized text, placeholders dropped."""
-    return WORD.findall(PLACEHOLDER.sub(" ", text.lower()))
+    """Lowercase ASCII letter/digit words of a raw or tokenized text (placeholders, URLs, mentions, hashtags and
+    words with other letters dropped: the search only sees ASCII)."""
+    return [word for word in ALNUM.findall(NOT_WORDS.sub(" ", text.lower())) if word.isascii()]
 
 
 def count_words(texts: Iterable[str]) -> tuple[Counter, Counter]:
@@ -268,6 +274,7 @@ def learn_mappings(keyphrases: Iterable[str]) -> dict[str, str]:
 # the segmenter
 
 
+@lru_cache(maxsize=1)
 def _ekphrasis_segmenter_class():
     from ekphrasis.classes.segmenter import Pdist, Segmenter
 
@@ -306,7 +313,7 @@ def _ekphrasis_segmenter_class():
         def log_cond_prob(self, word: str, prev: str) -> float:
             """log10 of ekphrasis's `condProbWord(word, prev)`: the bigram estimate where both counts exist,
             else the unigram probability."""
-            if prev is not NO_CONTEXT:
+            if prev != NO_CONTEXT:
                 pair = self.P2w.get(prev + NGRAM_SEP + word)
                 if pair is not None and prev in self.Pw:
                     return math.log10(pair / self.Pw[prev])

@@ -158,6 +158,13 @@ def test_corpus_texts_change_the_statistics():
     assert with_corpus == "zorblax fans"
 
 
+def test_hashtags_mentions_urls_of_raw_posts_are_not_counted():
+    raw_posts = ["free him #savehakeem @savehakeem https://savehakeem.example/savehakeem"] * 20
+    assert build_segmenter(corpus_texts=raw_posts, mappings=()).segment("savehakeem") == "save hakeem"
+    # the same word counted as a word would glue it
+    assert build_segmenter(corpus_texts=["savehakeem"] * 20, mappings=()).segment("savehakeem") == "savehakeem"
+
+
 def test_cli_round_trip_with_each_option(tmp_path, cmkp_src):
     corpus = tmp_path / "posts.txt"
     corpus.write_text("the quibbleton parade was great\nquibbleton parade again tomorrow\n" * 5, encoding="utf-8")
