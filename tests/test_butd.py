@@ -209,3 +209,80 @@ def test_detectron2_model_has_the_bottom_up_attention_architecture(detectron2_ru
 def test_detectron2_missing_weights_file_names_the_file(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="faster_rcnn_from_caffe_attr.pkl"):
         build_extractor(backend="detectron2", weights=str(tmp_path / "faster_rcnn_from_caffe_attr.pkl"), device="cpu")
+
+
+# ---------------------------------------------------------------- torchvision backend's fast pieces
+def random_boxes(n, width, height, seed):
+    g = torch.Generator().manual_seed(seed)
+    corner = torch.rand(n, 2, generator=g) * torch.tensor([width, height]) * 0.9
+    size = torch.rand(n, 2, generator=g) * torch.tensor([width, height]) * 0.6 + 0.5
+    return torch.cat([corner, torch.minimum(corner + size, torch.tensor([width, height]))], dim=1)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_roi_align_gather_equals_torchvision_roi_align(aligned):
+    from torchvision.ops import roi_align
+
+    from pipeline.butd.torchvision_backend import roi_align_gather
+
+    feature = torch.randn(1, 24, 19, 25, generator=torch.Generator().manual_seed(0))
+    boxes = random_boxes(30, 400, 304, seed=1)
+    boxes[0] = torch.tensor([-50.0, -40.0, 600.0, 500.0])     # samples beyond the map read nothing
+    boxes[1] = torch.tensor([100.0, 100.0, 100.0, 100.0])     # empty box (legacy mode widens it to 1 pixel)
+    boxes[2] = torch.tensor([390.0, 290.0, 420.0, 330.0])     # over the last row and column (clamped)
+    expected = roi_align(feature, [boxes], output_size=7, spatial_scale=1 / 16, sampling_ratio=2, aligned=aligned)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = roi_align_gather(feature.contiguous(memory_format=layout), boxes, 7, 1 / 16, 2, aligned=aligned)
+        assert got.shape == (30, 24, 7, 7)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["BatchNorm2d", "FrozenBatchNorm2d"])
+def test_fold_batch_norms_keeps_a_resnet_the_same_function(norm):
+    from torchvision.models.resnet import Bottleneck, ResNet
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from pipeline.butd.torchvision_backend import fold_batch_norms
+
+    torch.manual_seed(0)
+    norm_layer = {"BatchNorm2d": torch.nn.BatchNorm2d, "FrozenBatchNorm2d": FrozenBatchNorm2d}[norm]
+    model = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=5, norm_layer=norm_layer).eval()
+    norms = [m for m in model.modules() if isinstance(m, norm_layer)]
+    for m in norms:                                # trained-looking statistics, far from the identity
+        m.weight.data.uniform_(0.5, 1.5)
+        m.bias.data.uniform_(-0.5, 0.5)
+        m.running_mean.uniform_(-1, 1)
+        m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        fold_batch_norms(model)
+        got = model(x)
+    assert not any(isinstance(m, norm_layer) for m in model.modules())
+    assert sum(isinstance(m, torch.nn.Identity) for m in model.modules()) == len(norms) == 17
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_pool_proposals_equals_the_detectors_multiscale_roi_align():
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from pipeline.butd.torchvision_backend import pool_proposals
+
+    g = torch.Generator().manual_seed(2)
+    image_size = (256, 320)                                     # height, width of the resized image
+    pyramid = {name: torch.randn(1, 8, 256 // stride, 320 // stride, generator=g)
+               for name, stride in (("0", 4), ("1", 8), ("2", 16), ("3", 32), ("pool", 64))}
+    boxes = random_boxes(60, 320, 256, seed=3)
+    boxes[:5, 2:] = boxes[:5, :2] + 300                         # large boxes go to the coarsest level
+    expected = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2)(pyramid, [boxes], [image_size])
+    got = pool_proposals(MultiScaleRoIAlign(["0", "1", "2", "3"], 7, 2), pyramid, [boxes], [image_size])
+    assert got.shape == (60, 8, 7, 7)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_torchvision_stage_seconds_cover_every_stage(torchvision_run):
+    from pipeline.butd.torchvision_backend import STAGES
+
+    extractor, _ = torchvision_run
+    assert tuple(extractor.stage_seconds) == STAGES
+    assert all(seconds > 0 for name, seconds in extractor.stage_seconds.items() if name != "box rule")
