@@ -12,6 +12,7 @@ inherited); GPU-bound tasks hold the `gpu` resource so several workers share one
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import time
 from pathlib import Path
@@ -111,9 +112,8 @@ class RunOCR(ImageFeatureShard):
             cleaned[row] = " ".join(ocr.clean_ocr(text, vocabulary, tokenize))
         counts = {"images": len(rows), "with_raw_text": sum(bool(raw[r]) for r in rows),
                   "with_ocr_tokens": sum(bool(cleaned[r]) for r in rows)}
-        import tesserocr
-
-        meta = {"engine": f"tesserocr {tesserocr.__version__}, {tesserocr.tesseract_version().splitlines()[0]}",
+        # Not `import tesserocr` here: its OpenMP runtime must start in the pool's workers, with one thread each.
+        meta = {"engine": f"tesserocr {importlib.metadata.version('tesserocr')}",
                 "tessdata": self.tessdata, "passes": "as is; light/dark glyphs binarised (first clean wins)",
                 "light_threshold": ocr.LIGHT_THRESHOLD, "dark_threshold": ocr.DARK_THRESHOLD,
                 "cleaning": "authors' process_ocr.py rules", "vocabulary_words": len(vocabulary), "counts": counts}

@@ -151,3 +151,55 @@ def test_feature_subset_and_missing_weights_error(tmp_path, luigi_config, regist
     make_dataset(tmp_path / "other")
     with pytest.raises(WeightsNotFoundError, match=r"vgg16-397923af\.pth.*torch"):
         task.run()
+
+
+def check_built_dataset(out):
+    """What a finished BuildDataset directory with image features holds; returns OCR counts over all shards."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    rejects = (out / "rejects.jsonl").read_text().splitlines()
+    for stage, counts in report["stages"].items():
+        assert counts["read"] == counts["kept"] + sum(counts["rejected"].values()), stage
+    assert len(rejects) == sum(sum(c["rejected"].values()) for c in report["stages"].values())
+    ocr_counts = {"images": 0, "with_raw_text": 0, "with_ocr_tokens": 0}
+    for split, counts in manifest["splits"].items():
+        assert counts["posts"] == report["splits"][split]
+        split_manifest = json.loads((out / split / "manifest.json").read_text())
+        n = 0
+        for entry in split_manifest["shards"]:
+            path = out / split / entry["file"]
+            assert shards.sha256_file(path) == entry["sha256"]
+            data, attrs = shards.read_shard(path), shards.read_attrs(path)
+            n += attrs["num_samples"]
+            present = data["image_present"]
+            assert attrs["random_weights"] is True
+            if "vgg" in attrs["features"]:
+                assert data["vgg"].shape == (len(present), 49, 512) and data["vgg"].dtype == np.float16
+                assert not data["vgg"][~present].any() and all(g.any() for g in data["vgg"][present])
+                assert attrs["vgg_weights"].startswith("random(seed=")
+            if "butd" in attrs["features"]:
+                assert data["butd"].shape[1:] == (36, 2048) and data["butd"].dtype == np.float16
+                assert (data["butd_num_boxes"][~present] == 0).all() and (data["butd_num_boxes"][present] > 0).all()
+            if "attributes" in attrs["features"]:
+                assert all(len(a.split()) == 5 for a in data["attributes"][present])
+                assert not any(data["attributes"][~present])
+            if "ocr" in attrs["features"]:
+                assert not any(data["ocr_raw"][~present])
+                for key in ocr_counts:
+                    ocr_counts[key] += attrs["ocr_meta"]["counts"][key]
+        assert n == counts["posts"] == split_manifest["posts"]
+    return ocr_counts
+
+
+DEMO = os.path.join(os.path.dirname(__file__), "..", "build", "sample")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(DEMO, "manifest.json")),
+                    reason="build/sample has not been built: run `make demo` first")
+def test_demo_dataset_built_by_make_demo():
+    from pathlib import Path
+
+    manifest = json.loads(Path(DEMO, "manifest.json").read_text())
+    assert set(manifest["features"]) == set(FEATURES)
+    counts = check_built_dataset(Path(DEMO))
+    assert counts["images"] > 0 and counts["with_ocr_tokens"] <= counts["with_raw_text"] <= counts["images"]
