@@ -1,7 +1,6 @@
 """Rendered-text test images for OCR, made offline (scikit-image's bundled photos, Pillow's bundled font)."""
 from __future__ import annotations
 
-import numpy as np
 import skimage.data
 from PIL import Image, ImageDraw, ImageFont
 

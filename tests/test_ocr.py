@@ -1,6 +1,5 @@
-"""OCR reading (tesserocr, two binarised passes, process pool) and the paper's OCR cleaning."""
+"""OCR reading (tesserocr, binarised light/dark glyph passes, process pool) and the paper's OCR cleaning."""
 import pytest
-from PIL import Image
 
 from pipeline import ocr
 from ocr_images import CASES, photo_without_text, render, write_cases
