@@ -286,3 +286,56 @@ def test_torchvision_stage_seconds_cover_every_stage(torchvision_run):
     extractor, _ = torchvision_run
     assert tuple(extractor.stage_seconds) == STAGES
     assert all(seconds > 0 for name, seconds in extractor.stage_seconds.items() if name != "box rule")
+
+
+def save_checkpoint(state_dict, path):
+    torch.save({"model": state_dict}, path)
+    return str(path)
+
+
+D2_FROM_FILE = dict(device="cpu", min_size=200, max_size=333, num_proposals=48)
+
+
+@pytest.mark.detectron2
+@needs_detectron2
+def test_detectron2_checkpoint_loads_back_to_the_same_features(detectron2_run, tmp_path):
+    extractor, outputs = detectron2_run
+    path = save_checkpoint(extractor.model.state_dict(), tmp_path / "butd-r101-k36.pth")
+    loaded = build_extractor(backend="detectron2", weights=path, **D2_FROM_FILE)
+    again = loaded.extract(photos()[:1])[0]
+    for name in ("features", "boxes", "objects", "attributes"):
+        np.testing.assert_array_equal(again[name], outputs[0][name])
+    prov = loaded.provenance()
+    assert prov["random_weights"] is False and len(prov["weights_sha256"]) == 64
+    assert prov["weights_unused_keys"] == []
+
+
+@pytest.mark.detectron2
+@needs_detectron2
+def test_detectron2_checkpoint_that_leaves_weights_unloaded_is_an_error(detectron2_run, tmp_path):
+    from pipeline.butd.detectron2_backend import IncompatibleWeightsError
+
+    extractor, _ = detectron2_run
+    state = dict(extractor.model.state_dict())
+    del state["roi_heads.attribute_head.attr_linear2.weight"]                  # a head layer absent
+    state["backbone.res2.0.conv1.kernel"] = state.pop("backbone.res2.0.conv1.weight")   # a renamed one
+    state["roi_heads.box_predictor.cls_score.bias"] = torch.zeros(81)          # a COCO-sized classifier
+    path = save_checkpoint(state, tmp_path / "other.pth")
+    with pytest.raises(IncompatibleWeightsError) as error:
+        build_extractor(backend="detectron2", weights=path, **D2_FROM_FILE)
+    message = str(error.value)
+    assert "other.pth" in message and "2 missing" in message
+    assert "roi_heads.attribute_head.attr_linear2.weight" in message and "backbone.res2.0.conv1.weight" in message
+    assert "1 of another shape: roi_heads.box_predictor.cls_score.bias (file (81,), model (1601,))" in message
+
+
+@pytest.mark.detectron2
+@needs_detectron2
+def test_detectron2_checkpoint_with_extra_keys_loads_and_records_them(detectron2_run, tmp_path):
+    extractor, _ = detectron2_run
+    state = dict(extractor.model.state_dict())
+    state["roi_heads.mask_head.predictor.weight"] = torch.zeros(3)                  # not in this model
+    state["proposal_generator.anchor_generator.cell_anchors.0"] = torch.zeros(12, 4)  # old checkpoints: harmless
+    loaded = build_extractor(backend="detectron2", weights=save_checkpoint(state, tmp_path / "extra.pth"),
+                             **D2_FROM_FILE)
+    assert loaded.provenance()["weights_unused_keys"] == ["roi_heads.mask_head.predictor.weight"]

@@ -13,8 +13,9 @@ proposals' mean-pooled res5 features, object and attribute labels. Boxes are the
 regressed boxes) in original-image pixels, as bottom-up attention's `generate_tsv` does.
 
 Class order follows detectron2 (background is the LAST of the 1601 class columns); attribute column 0 is
-"no attribute". Weights: a converted checkpoint (.pkl/.pth) from a local path; detectron2's checkpointer
-logs any missing or unexpected keys. `weights=random` builds seeded random weights and re-estimates every
+"no attribute". Weights: a converted checkpoint (.pkl/.pth) from a local path, checked after loading
+(`load_checked`): a parameter or buffer of the model that the file does not fill (missing, or of another
+shape) is an error naming it, instead of a model running half random. `weights=random` builds seeded random weights and re-estimates every
 frozen batch-norm's statistics on a calibration image, because with the identity statistics of a fresh
 model the activations of the 101 layers overflow and the RPN keeps no proposals.
 
@@ -145,6 +146,45 @@ def register() -> None:
     _REGISTERED = True
 
 
+class IncompatibleWeightsError(ValueError):
+    """A checkpoint does not fill every parameter and buffer of the model it is loaded into."""
+
+
+def load_checked(model, path: Path) -> list[str]:
+    """Load a checkpoint with detectron2's DetectionCheckpointer and check what it filled.
+
+    Raises IncompatibleWeightsError listing the model's parameters and buffers left unloaded: keys the file
+    lacks (a head or backbone layer named differently, e.g.) and keys whose shape differs (the checkpointer
+    skips those). Known harmless, as detectron2 itself treats them: pixel_mean/pixel_std (set from the
+    config) and the anchor generator's cell_anchors (computed, not stored). Keys in the file that the model
+    does not use are returned (they leave nothing unloaded; the caller records them).
+    """
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    class Checkpointer(DetectionCheckpointer):
+        def _load_model(self, checkpoint):
+            self.incompatible = super()._load_model(checkpoint)  # already without the harmless keys
+            return self.incompatible
+
+    checkpointer = Checkpointer(model)
+    checkpointer.load(str(path))
+    incorrect_shapes = checkpointer.incompatible.incorrect_shapes     # not loaded, so also in missing_keys
+    missing = sorted(set(checkpointer.incompatible.missing_keys) - {key for key, _, _ in incorrect_shapes})
+    wrong_shapes = [f"{key} (file {tuple(file_shape)}, model {tuple(model_shape)})"
+                    for key, file_shape, model_shape in incorrect_shapes]
+    if missing or wrong_shapes:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing: " + ", ".join(missing))
+        if wrong_shapes:
+            problems.append(f"{len(wrong_shapes)} of another shape: " + ", ".join(wrong_shapes))
+        raise IncompatibleWeightsError(
+            f"{path}: the checkpoint does not fill the BUTD R101-C4 model ({'; '.join(problems)}). Those "
+            f"weights would stay random. Is it a Visual Genome R101-C4 checkpoint of bottom-up attention "
+            f"with 1600 classes and 400 attributes? {HOW_TO_OBTAIN}")
+    return sorted(checkpointer.incompatible.unexpected_keys)
+
+
 def calibrate_frozen_bn(model, pixels) -> None:
     """Set every FrozenBatchNorm2d's statistics to those of its input on one calibration pass, in order.
 
@@ -195,7 +235,6 @@ class Detectron2Extractor:
                  conf_threshold: float = 0.2, seed: int = 0, min_size: int = 600, max_size: int = 1000,
                  object_vocab: str | None = None, attribute_vocab: str | None = None, num_proposals: int = 300):
         import torch
-        from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.modeling import build_model
 
         self.rule = BoxRule(min_boxes=min_boxes, max_boxes=max_boxes, conf_threshold=conf_threshold)
@@ -204,10 +243,11 @@ class Detectron2Extractor:
         self.num_proposals = num_proposals     # bottom-up attention: 300; res5 runs on every one of them
         self.cfg = butd_config(min_size, max_size, self.device.type, num_proposals)
         seed = weights_lib.random_seed(f"random:{seed}" if weights == "random" else weights)
+        self.unexpected_keys: list[str] = []
         if seed is None:
             path = weights_lib.require_file(weights, "BUTD detectron2 backend (Visual Genome R101-C4)", HOW_TO_OBTAIN)
             self.model = build_model(self.cfg)
-            DetectionCheckpointer(self.model).load(str(path))
+            self.unexpected_keys = load_checked(self.model, path)
             self.weights_info = weights_lib.WeightsInfo(str(path.resolve()), weights_lib.sha256_file(path), False)
         else:
             with torch.random.fork_rng():
@@ -270,6 +310,7 @@ class Detectron2Extractor:
             "weights": info.name,
             "weights_sha256": info.sha256,
             "random_weights": info.random,
+            "weights_unused_keys": self.unexpected_keys,
             "box_rule": self.rule.describe(),
             "proposals": {"rpn_pre_nms_top_n": 6000, "rpn_post_nms_top_n": self.num_proposals, "rpn_nms": 0.7,
                           "boxes": "proposals (not regressed)"},
