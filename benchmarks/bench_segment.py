@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pipeline.segment import (DEFAULT_MAPPING_FILE, SegmenterConfig, build_segmenter, mixed_counts, read_cmkp_src,
+from pipeline.segment import (SegmenterConfig, build_segmenter, default_mapping_file, mixed_counts, read_cmkp_src,
                               read_corpus)
 
 # the baselines' statistics: web counts, optionally mixed with the tweets' words, and nothing of ours. The tweets'
@@ -74,7 +74,7 @@ METHODS = {
     "ours without the manual list": lambda train, home: build_segmenter(stats_from=[train], learn_from=[train],
                                                                         mappings=()).segment,
     "ours (full method)": lambda train, home: build_segmenter(stats_from=[train], learn_from=[train],
-                                                              mappings=[DEFAULT_MAPPING_FILE]).segment,
+                                                              mappings=[default_mapping_file()]).segment,
 }
 
 

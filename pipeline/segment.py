@@ -17,12 +17,15 @@ and digit runs are never cut.
 
 Order of precedence for one hashtag: the manual mapping list (`data/hashtag_segmentation.tsv`, curated by hand)
 always wins, then learned mappings (keyphrases seen segmented in a `--learn-from` corpus), then the Viterbi
-search, run separately on each CamelCase part where the hashtag has mixed case.
+search, run separately on each CamelCase part where the hashtag has mixed case. The list is read from the checkout
+(`data/`, also what an editable install sees) or, in an installed package, from `<prefix>/share/cmkp/`, where
+setup.cfg's `[options.data_files]` puts it (`default_mapping_file`).
 """
 from __future__ import annotations
 
 import math
 import re
+import site
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -32,7 +35,7 @@ from typing import Iterable, Mapping
 
 import click
 
-DEFAULT_MAPPING_FILE = Path(__file__).resolve().parent.parent / "data" / "hashtag_segmentation.tsv"
+MAPPING_FILE_NAME = "hashtag_segmentation.tsv"
 CMKP_SEP = "<sep>"
 # ekphrasis joins bigram keys with "_" (ekphrasis.classes.segmenter.NGRAM_SEP)
 NGRAM_SEP = "_"
@@ -234,6 +237,21 @@ def mapping_key(hashtag: str) -> str:
     return "".join(ALNUM.findall(hashtag.lower()))
 
 
+def default_mapping_file() -> Path:
+    """The project's hand-curated mapping list: `data/` of the checkout this module sits in (a clone or an editable
+    install), else the copy an installed wheel put under `<prefix>/share/cmkp/` (setup.cfg `[options.data_files]`;
+    prefix: the environment's, or the user base of a `pip install --user`). Missing everywhere: an error naming
+    the places looked at."""
+    candidates = [Path(__file__).resolve().parent.parent / "data" / MAPPING_FILE_NAME,
+                  *(Path(prefix) / "share" / "cmkp" / MAPPING_FILE_NAME
+                    for prefix in dict.fromkeys((sys.prefix, site.getuserbase())))]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"the project's hashtag mapping list {MAPPING_FILE_NAME} is in none of: "
+                            + ", ".join(map(str, candidates)) + " (reinstall the cmkp package)")
+
+
 def read_mapping_file(path: Path) -> dict[str, str]:
     """A TSV of `hashtag<TAB>segmentation`; lines starting with `# ` are comments.
 
@@ -396,7 +414,7 @@ class HashtagSegmenter:
 
 
 def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str | Path] = (),
-                    learn_from: Iterable[str | Path] = (), mappings: Iterable[str | Path] = (DEFAULT_MAPPING_FILE,),
+                    learn_from: Iterable[str | Path] = (), mappings: Iterable[str | Path] | None = None,
                     config: SegmenterConfig = SegmenterConfig()) -> HashtagSegmenter:
     """A hashtag segmenter over web counts mixed with wordfreq, corpus and keyphrase counts.
 
@@ -404,6 +422,7 @@ def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str |
     stats_from: corpus files (plain text, or CMKP `*_src.txt` whose keyphrases also feed the lexicon).
     learn_from: CMKP `*_src.txt` files whose segmented keyphrases become mapping entries.
     mappings: TSV files of hand-curated entries; they win over everything (later files over earlier ones).
+        None: the project's own list (`default_mapping_file()`); () for none.
     """
     texts = list(corpus_texts)
     keyphrases: list[str] = []
@@ -415,7 +434,7 @@ def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str |
     for path in learn_from:
         learned.update(learn_mappings(k for _, ks in read_cmkp_src(Path(path)) for k in ks))
     manual: dict[str, str] = {}
-    for path in mappings:
+    for path in (default_mapping_file(),) if mappings is None else mappings:
         manual.update(read_mapping_file(Path(path)))
 
     unigrams, bigrams = mixed_counts(texts, keyphrases, config)
@@ -437,7 +456,7 @@ def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str |
 def main(stats_from, learn_from, mapping_files):
     """Segment hashtags read one per line on stdin (`#` optional, any case); one segmentation per line out."""
     segmenter = build_segmenter(stats_from=stats_from, learn_from=learn_from,
-                                mappings=(DEFAULT_MAPPING_FILE, *mapping_files))
+                                mappings=(default_mapping_file(), *mapping_files))
     for line in sys.stdin:
         sys.stdout.write(segmenter.segment(line.strip()) + "\n")
 

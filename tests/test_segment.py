@@ -1,15 +1,20 @@
 """Hashtag segmentation (pipeline/segment.py) and the cmkp-segment command."""
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
+import venv
+import zipfile
 from pathlib import Path
 
+import pip as pip_module
 import pytest
 from click.testing import CliRunner
 
-from pipeline.segment import (DEFAULT_MAPPING_FILE, SegmenterConfig, build_segmenter, learn_mappings, main,
-                              mixed_counts, read_mapping_file, web_counts)
+from pipeline.segment import (MAPPING_FILE_NAME, SegmenterConfig, build_segmenter, default_mapping_file, learn_mappings,
+                              main, mixed_counts, read_mapping_file, web_counts)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,14 +40,15 @@ def test_mapping_wins_over_everything(tmp_path, cmkp_src):
     mapping = tmp_path / "mine.tsv"
     # a deliberately odd entry, so only the mapping can produce it; it overrides the learned `her pet ology`
     mapping.write_text("# comment line\n#HerpeTology\therpe tology\n#ZorblaxFans\tzor blaxfans\n", encoding="utf-8")
-    seg = build_segmenter(learn_from=[cmkp_src], mappings=[DEFAULT_MAPPING_FILE, mapping])
+    seg = build_segmenter(learn_from=[cmkp_src], mappings=[default_mapping_file(), mapping])
     assert seg.segment("#herpetology") == "herpe tology"
     assert seg.segment("ZorblaxFans") == "zor blaxfans"  # CamelCase would say "zorblax fans"
     assert seg.segment("#ThrowbackThursday") == "throwback thursday"  # from the project's own list
 
 
 def test_default_mapping_file_is_valid_and_small():
-    entries = read_mapping_file(DEFAULT_MAPPING_FILE)
+    assert default_mapping_file() == REPO / "data" / MAPPING_FILE_NAME  # a checkout reads its own data/
+    entries = read_mapping_file(default_mapping_file())
     assert 10 <= len(entries) <= 500
     for key, words in entries.items():
         assert words == words.lower() and "  " not in words and words.replace(" ", "") == key
@@ -205,3 +211,43 @@ def test_stats_are_never_downloaded(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "world book day 2019\n"
     assert list(home.iterdir()) == []
+
+
+def test_installed_wheel_finds_its_mapping_list(tmp_path):
+    """A wheel built from the sources carries the mapping list as data under share/cmkp/, and the package installed
+    from it into a fresh environment (away from any checkout) finds it there."""
+    source = tmp_path / "src"
+    (source / "data").mkdir(parents=True)
+    for name in ("setup.cfg", "pyproject.toml", "README.md", f"data/{MAPPING_FILE_NAME}"):
+        shutil.copy(REPO / name, source / name)
+    for package in ("pipeline", "model", "workflows"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source],
+                   check=True, capture_output=True, timeout=300)
+    [wheel] = (tmp_path / "dist").glob("cmkp-*.whl")
+    shipped = f".data/data/share/cmkp/{MAPPING_FILE_NAME}"
+    assert any(name.endswith(shipped) for name in zipfile.ZipFile(wheel).namelist())
+
+    env = tmp_path / "env"
+    venv.create(env, with_pip=False)
+    env_python = env / "bin" / "python"
+    # pip runs inside the fresh environment (this one's pip package lent on PYTHONPATH), so it sees, installs and
+    # could uninstall nothing but that environment's packages; this environment's own install is never touched
+    lent = tmp_path / "lent-pip"
+    lent.mkdir()
+    (lent / "pip").symlink_to(Path(pip_module.__file__).parent)
+    subprocess.run([env_python, *pip[1:], "install", "--no-deps", "--no-index", wheel], check=True,
+                   capture_output=True, timeout=300, env={**os.environ, "PYTHONPATH": str(lent)})
+    env_site = subprocess.run([env_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    # the dependencies (click) from this environment's site-packages, after the installed package
+    (Path(env_site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
+    shutil.rmtree(source)  # no checkout left to fall back on
+    script = "import pipeline.segment as s; print(s.__file__); print(s.default_mapping_file())"
+    result = subprocess.run([env_python, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    module_file, mapping_file = result.stdout.split("\n")[:2]
+    assert Path(module_file).is_relative_to(env_site)
+    assert Path(mapping_file) == env / "share" / "cmkp" / MAPPING_FILE_NAME
+    assert Path(mapping_file).read_bytes() == (REPO / "data" / MAPPING_FILE_NAME).read_bytes()
