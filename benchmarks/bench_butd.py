@@ -80,12 +80,20 @@ class Baseline:
         return proposals[0][keep], features[keep]
 
 
-def cpu_seconds_per_image(run, images, repeats: int):
-    """Mean CPU seconds per image over `repeats` passes, and the last pass's outputs."""
-    start = time.process_time()
-    for _ in range(repeats):
-        outputs = [run(image) for image in images]
-    return (time.process_time() - start) / (repeats * len(images)), outputs
+def cpu_seconds_per_image(runs: dict, images, repeats: int):
+    """CPU seconds of every variant on every image, the variants interleaved image by image so that they
+    meet the same load. Returns {name: [seconds per pass]}, {name: last pass's outputs}."""
+    seconds = {name: [] for name in runs}
+    outputs = {name: [] for name in runs}
+    for repeat in range(repeats):
+        for image in images:
+            for name, run in runs.items():
+                start = time.process_time()
+                out = run(image)
+                seconds[name].append(time.process_time() - start)
+                if repeat == repeats - 1:
+                    outputs[name].append(out)
+    return seconds, outputs
 
 
 def cosine(a, b):
@@ -110,18 +118,19 @@ def main():
             run(images[0])                                                     # warm-up (allocations, kernels)
         ours.stage_seconds = dict.fromkeys(STAGES, 0.0)
         baseline.stage_seconds = dict.fromkeys(STAGES, 0.0)
-        t_base, base_outputs = cpu_seconds_per_image(baseline.extract, images, args.repeats)
-        t_ours, our_outputs = cpu_seconds_per_image(lambda im: ours.extract([im])[0], images, args.repeats)
-        t_dilated, _ = cpu_seconds_per_image(lambda im: dilated.extract([im]), images, args.repeats)
+        seconds, outputs = cpu_seconds_per_image(
+            {"baseline": baseline.extract, "ours": lambda im: ours.extract([im])[0],
+             "dilated": lambda im: dilated.extract([im])[0]}, images, args.repeats)
+        t_base, t_ours, t_dilated = (float(np.mean(seconds[name])) for name in ("baseline", "ours", "dilated"))
         runs = args.repeats * len(images)
-        base_stages = {name: seconds / runs for name, seconds in baseline.stage_seconds.items()}
-        our_stages = {name: seconds / runs for name, seconds in ours.stage_seconds.items()}
+        base_stages = {name: total / runs for name, total in baseline.stage_seconds.items()}
+        our_stages = {name: total / runs for name, total in ours.stage_seconds.items()}
 
         # Agreement: our features against the stock float32 model's on exactly our boxes (C4 crops with
         # torchvision's RoIAlign, float32 res5), so precision, folding and the gather RoIAlign all count.
         # Also: how many of our 36 boxes the baseline chose too (its proposals come from a float32 RPN).
         cosines, shared = [], []
-        for image, out, (base_boxes, _) in zip(images, our_outputs, base_outputs):
+        for image, out, (base_boxes, _) in zip(images, outputs["ours"], outputs["baseline"]):
             batch, _ = stock.transform([pil_to_tensor(image).float().div_(255)])
             height, width = batch.image_sizes[0]
             boxes = torch.from_numpy(out["boxes"]) * torch.tensor([width / image.width, height / image.height] * 2)
@@ -149,6 +158,8 @@ def main():
           f"{t_base / t_ours:8.2f}x")
     print(f"{'ours, res5 dilated as bottom-up attention (res5_dilation)':62s} {t_dilated:11.3f} "
           f"{t_base / t_dilated:8.2f}x")
+    print(f"ours per image: min {min(seconds['ours']):.3f} max {max(seconds['ours']):.3f} CPU-s "
+          f"(the spread is the machine's load: the same work each time)")
     print(f"target <= 1.0 CPU-s/image (36 boxes, 600/1000): {'met' if t_ours <= 1.0 else 'NOT met'} by the default")
     print(f"\n{'stage (CPU-s/image)':20s} {'baseline':>9s} {'ours':>9s} {'ratio':>7s}")
     for name in STAGES:
