@@ -1,6 +1,6 @@
 """BUTD torchvision backend: CPU-seconds per image, ours against the stock float32 detector, single thread.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_butd.py [--images 4] [--repeats 1]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_butd.py [--images 4] [--repeats 1] [--detectron2]
 
 Ours: the default extractor (bf16 + channels-last with batch norms folded into the convolutions, RoIAlign as
 a channels-last gather, the box rule applied before res5 so res5 sees 36 boxes).
@@ -12,7 +12,8 @@ weights (no pretrained weights on this machine; the cost does not depend on the 
 CPU seconds (time.process_time), which other processes on the machine inflate less than wall time; the load
 average is printed with them.
 Also printed: the CPU split per stage, the agreement of our features with the stock float32 model's on the
-same boxes (cosine), and the cost of the box rule with bottom-up attention's 1600 classes.
+same boxes (cosine), and the cost of the box rule with bottom-up attention's 1600 classes; with --detectron2
+also the detectron2 backend's cost (R101-C4, float32, res5 over all 300 proposals; needs detectron2).
 """
 from __future__ import annotations
 
@@ -104,6 +105,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--detectron2", action="store_true", help="also time the detectron2 backend")
     args = parser.parse_args()
     torch.set_num_threads(1)
     images = photos(args.images)
@@ -171,6 +173,12 @@ def main():
     print(f"our boxes also chosen by the baseline (IoU > 0.95): {np.mean(shared):.1%} "
           f"(random weights: near-uniform class scores make the choice fragile)")
     print(f"box rule alone, 300 proposals x 1600 classes (detectron2 backend): {t_rule:.3f} CPU-s")
+    if args.detectron2:
+        d2 = build_extractor(backend="detectron2", weights="random", seed=SEED, device="cpu")
+        d2.extract(images[:1])                                                 # warm-up
+        seconds, _ = cpu_seconds_per_image({"detectron2": lambda im: d2.extract([im])}, images, 1)
+        print(f"detectron2 backend (R101-C4 fp32, res5 dilated over all 300 proposals): "
+              f"{np.mean(seconds['detectron2']):.3f} CPU-s/image; load average now {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

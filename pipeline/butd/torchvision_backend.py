@@ -83,8 +83,8 @@ def _axis_taps(start, end, size: int, output_size: int, sampling_ratio: int):
     """
     import torch
 
-    steps = (torch.arange(output_size * sampling_ratio, dtype=start.dtype, device=start.device) + 0.5) \
-        / (output_size * sampling_ratio)
+    samples = output_size * sampling_ratio
+    steps = (torch.arange(samples, dtype=start.dtype, device=start.device) + 0.5) / samples   # bin-sample centres
     position = start[:, None] + (end - start)[:, None] * steps               # (R, out * s) sample coordinates
     valid = ((position >= -1) & (position <= size)).to(position.dtype)
     position = position.clamp(0, size - 1)
