@@ -15,9 +15,9 @@ regressed boxes) in original-image pixels, as bottom-up attention's `generate_ts
 Class order follows detectron2 (background is the LAST of the 1601 class columns); attribute column 0 is
 "no attribute". Weights: a converted checkpoint (.pkl/.pth) from a local path, checked after loading
 (`load_checked`): a parameter or buffer of the model that the file does not fill (missing, or of another
-shape) is an error naming it, instead of a model running half random. `weights=random` builds seeded random weights and re-estimates every
-frozen batch-norm's statistics on a calibration image, because with the identity statistics of a fresh
-model the activations of the 101 layers overflow and the RPN keeps no proposals.
+shape) is an error naming it, instead of a model running half random. `weights=random` builds seeded random
+weights and re-estimates every frozen batch-norm's statistics on a calibration image, because with the
+identity statistics of a fresh model the activations of the 101 layers overflow and the RPN keeps no proposals.
 
 detectron2 and torch are imported inside functions only.
 """
@@ -243,11 +243,11 @@ class Detectron2Extractor:
         self.num_proposals = num_proposals     # bottom-up attention: 300; res5 runs on every one of them
         self.cfg = butd_config(min_size, max_size, self.device.type, num_proposals)
         seed = weights_lib.random_seed(f"random:{seed}" if weights == "random" else weights)
-        self.unexpected_keys: list[str] = []
+        self.unused_weight_keys: list[str] = []   # in the weights file, not in the model
         if seed is None:
             path = weights_lib.require_file(weights, "BUTD detectron2 backend (Visual Genome R101-C4)", HOW_TO_OBTAIN)
             self.model = build_model(self.cfg)
-            self.unexpected_keys = load_checked(self.model, path)
+            self.unused_weight_keys = load_checked(self.model, path)
             self.weights_info = weights_lib.WeightsInfo(str(path.resolve()), weights_lib.sha256_file(path), False)
         else:
             with torch.random.fork_rng():
@@ -310,7 +310,7 @@ class Detectron2Extractor:
             "weights": info.name,
             "weights_sha256": info.sha256,
             "random_weights": info.random,
-            "weights_unused_keys": self.unexpected_keys,
+            "weights_unused_keys": self.unused_weight_keys,
             "box_rule": self.rule.describe(),
             "proposals": {"rpn_pre_nms_top_n": 6000, "rpn_post_nms_top_n": self.num_proposals, "rpn_nms": 0.7,
                           "boxes": "proposals (not regressed)"},
