@@ -87,40 +87,53 @@ def hypothesis_strings(model: KeyphraseModel, hyps: Hypotheses, oov: list[list[s
 @torch.no_grad()
 def candidates_batch(model: KeyphraseModel, batch: Batch) -> list[tuple[list | None, list | None]]:
     """Per post: (generator hypotheses [(kp, summed log P, normalised log P)] best first, or None;
-    classifier labels [(kp, probability)] best first, or None)."""
+    classifier labels [(kp, probability)] best first, or None). The labels are the classifier's top n_best
+    plus every generator hypothesis that is a label, so that the unified ranking has both scores for those."""
     c = model.config
     enc = model.encode(batch)
-    cls_ranked = [None] * batch.src.shape[0]
-    if c.classifier:
-        probs = enc.cls_logits.softmax(-1)
-        probs[:, 0] = 0.0                                                   # label 0 is not a keyphrase
-        top = probs.topk(min(c.n_best, probs.shape[1]), dim=1)
-        labels = model.vocabs.labels.words
-        cls_ranked = [[(labels[i], p) for i, p in zip(ids, ps) if i != 0]
-                      for ids, ps in zip(top.indices.tolist(), top.values.tolist())]
-    gen_ranked = [None] * batch.src.shape[0]
+    B = batch.src.shape[0]
+    gen_ranked = [None] * B
     if c.generator:
         hyps = beam_search(model, batch, c.beam, c.max_kp_len, enc=enc)
         gen_ranked = hypothesis_strings(model, hyps, batch.oov, limit=c.beam * 2)
+    cls_ranked = [None] * B
+    if c.classifier:
+        probs = enc.cls_logits.softmax(-1)
+        probs[:, 0] = 0.0                                                   # label 0 is not a keyphrase
+        top = probs.topk(min(c.n_best, probs.shape[1]), dim=1).indices.tolist()
+        labels = model.vocabs.labels
+        for b in range(B):
+            ids = dict.fromkeys(i for i in top[b] if i != 0)
+            if gen_ranked[b]:
+                ids.update(dict.fromkeys(labels.index[kp] for kp, _, _ in gen_ranked[b] if labels.index.get(kp, 0)))
+            ids = list(ids)
+            p = probs[b, ids].tolist()
+            cls_ranked[b] = sorted(zip((labels.words[i] for i in ids), p), key=lambda x: -x[1])
     return list(zip(gen_ranked, cls_ranked))
 
 
 def rank(candidates: tuple[list | None, list | None], ranking: str, lam: float, n_best: int) -> list[str]:
     """One post's ranked keyphrases:
-    generator: the beam's order (length-normalised score);
+    generator: the beam's order (length-normalised log P);
     classifier: the labels by probability;
-    unified: P(kp) = lam P_cls(kp) + (1 - lam) P_gen(kp), P_gen the hypotheses' sequence probabilities."""
+    unified: (1 - lam) x generator normalised log P + lam x classifier log P, over the union of both lists.
+    A keyphrase one side did not propose gets that side's lowest score for the post (it ranked below all it
+    listed). Log scale on both sides: a sequence probability and a label probability differ by orders of
+    magnitude (~1e-3 vs ~1e-1), so mixing the probabilities themselves lets one side decide alone."""
     gen_post, cls_post = candidates
     if ranking == "classifier":
         return [kp for kp, _ in cls_post[:n_best]]
-    if ranking == "generator":
+    if ranking == "generator" or not cls_post:
         return [kp for kp, _, _ in gen_post[:n_best]]
-    score: dict[str, float] = {}
-    for kp, lp, _ in gen_post:
-        score[kp] = score.get(kp, 0.0) + (1 - lam) * math.exp(lp)
-    for kp, p in cls_post:
-        score[kp] = score.get(kp, 0.0) + lam * p
-    return sorted(score, key=score.get, reverse=True)[:n_best]
+    if not gen_post:
+        return [kp for kp, _ in cls_post[:n_best]]
+    gen = {kp: norm for kp, _, norm in gen_post}
+    cls = {kp: math.log(max(p, 1e-30)) for kp, p in cls_post}
+    gen_floor, cls_floor = min(gen.values()), min(cls.values())
+    # generator hypotheses first, so that lam = 0 keeps the beam's order (sorted() is stable)
+    order = list(gen) + [kp for kp in cls if kp not in gen]
+    score = {kp: (1 - lam) * gen.get(kp, gen_floor) + lam * cls.get(kp, cls_floor) for kp in order}
+    return sorted(order, key=score.get, reverse=True)[:n_best]
 
 
 def predict_batch(model: KeyphraseModel, batch: Batch) -> list[list[str]]:

@@ -60,10 +60,11 @@ class ModelConfig:
     beam: int = 10
     max_kp_len: int = 6
     n_best: int = 10                 # ranked keyphrases written per post
-    # "generator": the beam's order; "classifier": label order; "unified": P(kp) = lam P_cls + (1-lam) P_gen
+    # "generator": the beam's order; "classifier": label order;
+    # "unified": (1 - lam) x generator normalised log P + lam x classifier log P (lam = rank_cls_weight)
     ranking: str = "unified"
     rank_cls_weight: float = 0.5
-    tune_rank_weight: bool = True    # choose rank_cls_weight on DEV at every epoch (0, .1, .25, .5, .75, .9)
+    tune_rank_weight: bool = True    # choose rank_cls_weight on DEV at every epoch (train.RANK_WEIGHTS)
 
     def __post_init__(self):
         choices = {"vision": ("vgg", "butd", "none"), "fusion": ("pool", "text-query", "both"),

@@ -110,9 +110,12 @@ class Fusion(nn.Module):
             for q, m in self.terms if q != m})
         self.proj = nn.ModuleDict({f"{q}->{m}": nn.Linear(c.hidden, c.hidden, bias=False) for q, m in self.terms})
         self.bias = nn.Parameter(torch.zeros(c.hidden))
-        # Unit-scale output: pooled GRU states are small (|x| ~ 0.05 at start), and with Adam the logits of the
-        # heads then move by lr x |c_fuse| per step, so an un-normalised c_fuse makes the classifier crawl.
-        self.norm = nn.LayerNorm(c.hidden)
+        # Each feature standardised ACROSS posts. At initialisation the pooled GRU states of all posts are nearly
+        # the same vector (post-to-post spread ~0.01 around a shared offset ~0.03); a layer norm (across
+        # features) keeps that shared offset and leaves the post-specific part tiny, so the classifier sees the
+        # same input for every post and stays at the label prior (train NLL 7.7 -> 7.4 in 4 epochs, measured).
+        # Batch statistics remove the offset: train NLL falls from the first epoch.
+        self.norm = nn.BatchNorm1d(c.hidden)
 
     def forward(self, feats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """feats: modality -> (x [B, N, H], mask [B, N])."""
@@ -134,7 +137,11 @@ class Fusion(nn.Module):
                     term = block(term, x, safe_mask)
             keep = (present[q] & present[m]).unsqueeze(1).to(term.dtype)
             out = out + self.proj[key](term) * keep
-        return self.norm(out)
+        out = out.expand(len(next(iter(feats.values()))[0]), -1)
+        n = self.norm
+        # a batch of one post has no spread to standardise: it uses the running statistics
+        return F.batch_norm(out, n.running_mean, n.running_var, n.weight, n.bias,
+                            self.training and out.shape[0] > 1, n.momentum, n.eps)
 
 
 @dataclass

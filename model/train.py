@@ -25,7 +25,7 @@ from model.metrics import compute_metrics
 from model.model import KeyphraseModel
 
 CHECKPOINT = "model.pt"
-RANK_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9)
+RANK_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 
 
 def set_seed(seed: int) -> None:

@@ -197,6 +197,56 @@ def test_beam_one_equals_greedy(data_dir):
         assert g[:len(best)] == best
 
 
+def test_fused_vector_is_standardised_across_posts(data_dir):
+    # Nearly identical pooled states (a shared offset plus a small per-post part, as at initialisation) must
+    # reach the heads as unit-spread features, else the classifier sees one input for every post.
+    config = dataclasses.replace(CONFIGS["cls-max"], **TINY)
+    model, _, batch = build(data_dir, config)
+    memory = 1.0 + 0.1 * torch.randn(len(POSTS), 6, config.hidden)
+    mask = torch.ones(len(POSTS), 6, dtype=torch.bool)
+    model.train()
+    fused = model.fusion({"text": (memory, mask)})                               # [B, H]
+    assert torch.allclose(fused.mean(0), torch.zeros(config.hidden), atol=1e-3)
+    assert torch.allclose(fused.var(0, unbiased=False), torch.ones(config.hidden), atol=0.02)
+    one = model.fusion({"text": (memory[:1], mask[:1])})                         # a batch of one post trains too
+    assert one.shape == (1, config.hidden) and torch.isfinite(one).all()
+    model.eval()
+    assert torch.allclose(model.fusion({"text": (memory[:2], mask[:2])})[0],
+                          model.fusion({"text": (memory[:1], mask[:1])})[0])    # eval: no batch dependence
+
+
+def test_unified_ranking_mixes_log_scores_over_both_lists():
+    from model.beam import rank
+    gen = [("a", -1.0, -0.5), ("b", -3.0, -1.0), ("c", -4.0, -2.0)]        # (kp, summed, normalised log P)
+    cls = [("b", 0.5), ("d", 0.3), ("a", 0.01)]                             # (kp, probability), best first
+    assert rank((gen, cls), "generator", 0.3, 10) == ["a", "b", "c"]
+    assert rank((gen, cls), "classifier", 0.3, 2) == ["b", "d"]
+    assert rank((gen, cls), "unified", 0.0, 10) == ["a", "b", "c", "d"]     # lam 0 keeps the beam's order
+    # lam 0.5: b -0.5 - 0.5 ln2 = -0.847; a -0.25 + 0.5 ln .01 = -2.553; d (gen floor -2) -1 + 0.5 ln .3 = -1.602;
+    # c -1 + 0.5 ln .01 (classifier floor) = -3.303
+    assert rank((gen, cls), "unified", 0.5, 10) == ["b", "d", "a", "c"]
+    assert rank((gen, cls), "unified", 0.5, 2) == ["b", "d"]
+    assert rank((gen, []), "unified", 0.5, 10) == ["a", "b", "c"]
+    assert rank(([], cls), "unified", 0.5, 10) == ["b", "d", "a"]
+
+
+def test_classifier_candidates_cover_the_generator_hypotheses(data_dir):
+    from model.beam import candidates_batch
+    config = dataclasses.replace(CONFIGS["gen-cls-m3h-att"], **TINY, n_best=2)
+    model, _, batch = build(data_dir, config)
+    model.eval()
+    labels = model.vocabs.labels
+    probs = model.encode(batch).cls_logits.softmax(-1)
+    for b, (gen, cls) in enumerate(candidates_batch(model, batch)):
+        cls_kps = [kp for kp, _ in cls]
+        assert [p for _, p in cls] == sorted((p for _, p in cls), reverse=True)
+        assert {kp for kp, _, _ in gen if labels.index.get(kp, 0)} <= set(cls_kps)
+        top2 = probs[b, 1:].topk(2).indices + 1
+        assert cls_kps[:2] == [labels.words[i] for i in top2.tolist()]
+        for kp, p in cls:
+            assert p == pytest.approx(probs[b, labels.index[kp]].item())
+
+
 def test_all_named_configs_build_and_run(tmp_path):
     data_dir = write_dataset(tmp_path / "d", vgg=True, butd=True)
     for name, base in CONFIGS.items():
