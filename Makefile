@@ -31,7 +31,10 @@ $(STAMP): setup.cfg pyproject.toml
 demo: install
 	$(PY) data/make_sample_corpus.py --out $(SAMPLE_SRC)
 	cd . && $(VENV)/bin/luigi --module pipeline.tasks BuildDataset \
-	  --source archive --input $(SAMPLE_SRC) --output $(SAMPLE) --local-scheduler
+	  --source archive --input $(SAMPLE_SRC) --output $(SAMPLE) --local-scheduler \
+	  --ExtractVGG-vgg-weights random --ExtractBUTD-butd-weights random \
+	  --TrainAttributePredictor-attribute-backbone-weights random \
+	  --TrainAttributePredictor-attribute-epochs 2 --TrainAttributePredictor-attribute-batch-size 8
 	$(VENV)/bin/cmkp-train --data $(SAMPLE) --config gen-cls-m3h-att --out $(SAMPLE_RUN) \
 	  --epochs 15 --seed 1 --device auto --allow-random-features
 	@$(PY) -m pipeline.summary $(SAMPLE) $(SAMPLE_RUN)

@@ -23,20 +23,29 @@ from pipeline.report import check_counts, iter_rejects, load_counts
 from pipeline.sources import SOURCES
 from pipeline.text_tasks import (  # noqa: F401  (re-exported: luigi --module pipeline.tasks finds every task)
     CrawlTweets, DatasetTask, DedupeImages, FetchImages, FilterHashtags, FilterPosts, ReleaseFeatureShard,
-    ShardTask, SplitPosts, StageTask, TextShard, TokenizePosts,
+    ReleaseImages, ShardTask, SplitPosts, StageTask, TextShard, TokenizePosts,
     chain_parameters, read_jsonl, read_plan, shard_name,
 )
+from pipeline.image_tasks import (  # noqa: F401  (re-exported as above)
+    IMAGE_FEATURE_TASKS, ExtractBUTD, ExtractVGG, OCRVocabulary, PredictAttributes, RunOCR,
+    TrainAttributePredictor,
+)
 
-# Feature group -> task class (a ShardTask) that computes its work shard; filled in by the image stages.
-FEATURE_TASKS: dict[str, type[ShardTask]] = {}
+# Feature group -> task class (a ShardTask) that computes its work shard.
+FEATURE_TASKS: dict[str, type[ShardTask]] = dict(IMAGE_FEATURE_TASKS)
 
 
 def feature_groups(dataset: dict, split: str, requested) -> list[str]:
-    """Groups a split's final shards hold: those requested plus those a CMKP release carries, in format order."""
+    """Groups a split's final shards hold, in format order: those requested plus those a CMKP release carries.
+
+    A CMKP release without its `images/` folder has nothing to compute image features from, so its shards
+    hold exactly the groups it carries (the model then runs with the vision modality absent).
+    """
     groups = set(requested)
     if dataset["source"] == "cmkp":
-        from pipeline.sources.cmkp import release_feature_groups
-        groups |= set(release_feature_groups(dataset["input_path"], split))
+        from pipeline.sources.cmkp import release_feature_groups, release_image_files
+        carried = set(release_feature_groups(dataset["input_path"], split))
+        groups = groups | carried if release_image_files(dataset["input_path"]) else carried
     unknown = groups - set(shards.FEATURE_COLUMNS)
     if unknown:
         raise ValueError(f"unknown feature groups {sorted(unknown)}; known: {list(shards.FEATURE_COLUMNS)}")

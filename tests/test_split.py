@@ -48,7 +48,7 @@ def small_config():
 def test_archive_build_is_byte_identical(tmp_path, small_config):
     archive = write_archive(tmp_path / "archive")
     for name in ("a", "b"):
-        task = BuildDataset(source="archive", input=str(archive), output=str(tmp_path / name))
+        task = BuildDataset(source="archive", input=str(archive), output=str(tmp_path / name), features=[])
         assert luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert any(p.suffix == ".h5" for p in files) and any(p.parts[0] == "images" for p in files)
