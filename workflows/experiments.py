@@ -19,6 +19,8 @@ The CMKP protocol (the shared data's README): TRAIN = lines i with i % 10 != 0 o
 """
 from __future__ import annotations
 
+import abc
+
 import hashlib
 import json
 import math
@@ -406,8 +408,9 @@ class SuiteTable(ExperimentTask):
 
     seeds = SeedListParameter(default=(1, 2, 3))
 
+    @abc.abstractmethod
     def suite_configs(self) -> tuple[str, ...]:
-        raise NotImplementedError
+        """The configurations the suite trains."""
 
     def suite_name(self) -> str:
         return re.sub(r"(?<!^)(?=[A-Z])", "-", self.get_task_family()).lower()
