@@ -178,22 +178,40 @@ def encode_post(post: Post, index: int, vocabs: Vocabularies, config: ModelConfi
 
 
 class ImageFeatures:
-    """Per-post reads of one feature group; the h5py files are opened on first use in each process."""
+    """Per-post reads of one feature group; the h5py files are opened on first use in each process.
+
+    A read fetches the post's one chunk (docs/FORMAT.md: one sample per chunk, uncompressed) straight into a
+    new float16 array with H5Dread_chunk, skipping h5py's per-call selection set-up, which cost more than the
+    read itself. The float16 -> float32 conversion happens once, in `collate`, while copying into the batch."""
 
     def __init__(self, paths: list[Path], group: str):
         self.paths, self.group = [str(p) for p in paths], group
-        self._files, self._pid = None, None
+        self._shards, self._pid = None, None
 
     def __getstate__(self):
-        return {"paths": self.paths, "group": self.group, "_files": None, "_pid": None}
+        return {"paths": self.paths, "group": self.group, "_shards": None, "_pid": None}
 
-    def read(self, shard: int, row: int) -> tuple[np.ndarray, int]:
-        if self._files is None or self._pid != os.getpid():
-            self._files, self._pid = [h5py.File(p, "r") for p in self.paths], os.getpid()
-        f = self._files[shard]
-        features = f[self.group][row].astype(np.float32)          # (regions, dim)
-        regions = int(f["butd_num_boxes"][row]) if self.group == "butd" else features.shape[0]
-        return features, regions
+    def _open(self, path: str) -> tuple:
+        f = h5py.File(path, "r")
+        dataset = f[self.group]
+        sample_shape = dataset.shape[1:]
+        filters = dataset.id.get_create_plist().get_nfilters()
+        if dataset.chunks != (1,) + sample_shape or filters:
+            raise ValueError(f"{path}: {self.group} has chunks {dataset.chunks} and {filters} filters; "
+                             f"docs/FORMAT.md requires one uncompressed sample per chunk, "
+                             f"(1, {', '.join(map(str, sample_shape))})")
+        # BUTD rows past the post's box count are zero padding; the counts are small, read whole.
+        regions = f["butd_num_boxes"][()].astype(np.int64) if self.group == "butd" else None
+        return f, dataset.id, sample_shape, dataset.dtype, regions
+
+    def read(self, shard: int, row: int) -> tuple[torch.Tensor, int]:
+        """The post's features as a float16 tensor (regions, dim) and how many regions are real."""
+        if self._shards is None or self._pid != os.getpid():
+            self._shards, self._pid = [self._open(p) for p in self.paths], os.getpid()
+        _, dataset_id, sample_shape, dtype, regions = self._shards[shard]
+        features = np.empty(sample_shape, dtype)
+        dataset_id.read_direct_chunk((row,) + (0,) * len(sample_shape), out=features.reshape(-1).view(np.uint8))
+        return torch.from_numpy(features), sample_shape[0] if regions is None else int(regions[row])
 
 
 class PostDataset(torch.utils.data.Dataset):
@@ -259,7 +277,7 @@ def collate(items) -> Batch:
         vision_mask = torch.zeros(len(items), regions, dtype=torch.bool)
         for i, img in enumerate(images):
             if img is not None:
-                vision[i] = torch.from_numpy(img[0])
+                vision[i] = img[0]          # float16 -> float32 in the copy
                 vision_mask[i, :img[1]] = True
     kp_rows = [(i, din, dout, lab) for i, e in enumerate(examples)
                for din, dout, lab in zip(e.dec_in, e.dec_out, e.labels)]
