@@ -48,6 +48,17 @@ def test_read_returns_the_stored_rows_and_region_counts(tmp_path):
     assert copy._shards is None and torch.equal(copy.read(0, 1)[0], vgg.read(0, 1)[0])
 
 
+def test_a_forked_worker_reopens_the_shards(tmp_path):
+    path = tmp_path / "shard-00000.h5"
+    columns = write_features_shard(path)
+    vgg = ImageFeatures([path], "vgg")
+    vgg.read(0, 0)                      # the parent holds open handles before the workers fork
+    loader = torch.utils.data.DataLoader(range(6), batch_size=None, num_workers=1,
+                                         collate_fn=lambda row: vgg.read(0, row)[0],
+                                         multiprocessing_context="fork")
+    for row, features in enumerate(loader):
+        assert torch.equal(features, torch.from_numpy(columns["vgg"][row]))
+
 def test_compressed_features_are_refused_with_the_format_rule(tmp_path):
     path = tmp_path / "shard-00000.h5"
     with h5py.File(path, "w") as f:
