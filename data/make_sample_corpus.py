@@ -19,8 +19,10 @@ What is in it (counts of the edge cases are fixed, the rest scales with --posts)
   (fewer than 10 posts in all, so `min_hashtag_count` = 10 filters them); CamelCase and case variants, digit
   hashtags (#Top10, #2019Goals), mid-post and trailing hashtags, mentions, t.co URLs, numbers, emoji, `&amp;`.
 - Posts whose keyphrase is in the text and posts where only the image tells it: a variant (crop, scale, flip,
-  colour shift) of the hashtag's scikit-image photo, or the keyphrase rendered as text (dark on light, or light
-  with a dark outline over a textured photo, which plain Tesseract misreads).
+  colour shift) of the hashtag's scikit-image photo, or poster text (dark on light, or light with a dark outline
+  over a textured photo, which plain Tesseract misreads): the keyphrase as a headline and one of the topic's
+  poster lines under or over it, words the posts use, so the paper's OCR cleaning keeps them (it drops texts
+  with fewer than 3 known words longer than 3 letters, which every bare 1-3 word keyphrase is).
 - One defect per rejected post, so the rejection reason is unambiguous whatever the filter order (REJECTIONS).
 - Every image meant to be distinct is at least DHASH_MARGIN bits (64-bit dHash) from every other one; intended
   near-duplicates are within NEAR_DUPLICATE_BITS of their original.
@@ -56,7 +58,7 @@ FONTS = ("DejaVuSans-Bold.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansCondensed-Bol
 TEXTURES = ("brick.png", "grass.png", "gravel.png", "ihc.png")
 GRAYSCALE_PHOTOS = ("camera.png", "moon.png", "coins.png")
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_SEED = 2020
 DEFAULT_POSTS = 800
 MIN_POSTS_PER_TAG = 14       # kept posts per frequent hashtag, comfortably above min_hashtag_count = 10
@@ -105,6 +107,16 @@ def load_topics(path=TOPICS_FILE):
             assert not content_words(t["segmentation"]) & set(text_words(tpl)), (t["tag"], tpl)
         for w in t["written"]:
             assert w.lower() == t["tag"], (t["tag"], w)
+    templates = set()
+    for tpl in [s for t in topics["frequent"] for m in ("mid", "words", "related") for s in t[m]] + \
+            topics["generic"] + topics["openers"] + topics["closers"]:
+        templates.update(text_words(tpl))
+    for t in topics["frequent"]:  # poster lines survive the paper's OCR cleaning (see text_image)
+        assert ("poster" in t) == (t["image"] == "ocr"), t["tag"]
+        for line in t.get("poster", []):
+            words = text_words(line)
+            assert set(words) <= templates, (t["tag"], line, set(words) - templates)
+            assert sum(len(w) > 3 for w in words + t["segmentation"].split()) >= 3, (t["tag"], line)
     return topics
 
 
@@ -215,10 +227,24 @@ class ImageMaker:
         img, data, h = self.distinct(draw, fmt=fmt)
         return ImageFile(kind, data, ext, fmt, img.mode, img.size, h)
 
-    def text_image(self, words, outlined):
-        """The keyphrase rendered large: dark on a light gradient, or light with a dark outline over a texture."""
+    def text_image(self, keyphrase, poster_lines, outlined):
+        """Poster text: the keyphrase as a large headline and one poster line in smaller type, under it (or, one
+        time in four, over it); dark on a light gradient, or light with a dark outline over a texture."""
         r = self.rng
-        lines = split_lines(words.upper() if r.random() < 0.5 else words.title(), r)
+        case = str.upper if r.random() < 0.5 else str.title
+        headline = case(keyphrase)
+        tagline = split_lines(case(r.choice(poster_lines)), r)
+        blocks = [("headline", [headline]), ("tagline", tagline)]
+        if r.random() < 0.25:
+            blocks.reverse()
+
+        def fitted(lines, size, index, width):
+            """The largest font from `size` down (at least 20 px) that fits every line in 86% of the width."""
+            font = self.font(size, index)
+            while max(font.getlength(line) for line in lines) > 0.86 * width and size > 20:
+                size -= 2
+                font = self.font(size, index)
+            return font, size
 
         def draw():
             w, h = r.choice((480, 512, 560)), r.choice((320, 360, 400))
@@ -230,23 +256,24 @@ class ImageMaker:
                 img = gradient(w, h, random_colour(r, 200, 255), random_colour(r, 170, 255), r.choice(("h", "v")))
                 fill, stroke = random_colour(r, 0, 70), None
             font_index = r.randrange(len(FONTS))
-            size = r.randint(40, 56)
-            font = self.font(size, font_index)
-            while max(font.getlength(line) for line in lines) > 0.86 * w and size > 20:
-                size -= 2
-                font = self.font(size, font_index)
+            head_font, head_size = fitted([headline], r.randint(44, 56), font_index, w)
+            tag_font, tag_size = fitted(tagline, min(head_size - 8, r.randint(28, 36)), font_index, w)
+            fonts = {"headline": (head_font, head_size), "tagline": (tag_font, tag_size)}
+            placed = [(line, *fonts[name]) for name, lines in blocks for line in lines]
+            heights = [int(size * 1.3) for _, _, size in placed]
             d = ImageDraw.Draw(img)
-            line_h = int(size * 1.3)
-            top = r.randint(int(0.1 * h), max(int(0.1 * h), h - line_h * len(lines) - int(0.1 * h)))
-            for i, line in enumerate(lines):
+            top = r.randint(int(0.08 * h), max(int(0.08 * h), h - sum(heights) - int(0.08 * h)))
+            for (line, font, size), line_h in zip(placed, heights):
                 left = r.randint(int(0.05 * w), max(int(0.05 * w), int(w - font.getlength(line) - 0.05 * w)))
-                d.text((left, top + i * line_h), line, font=font, fill=fill,
+                d.text((left, top), line, font=font, fill=fill,
                        stroke_width=max(2, size // 12) if stroke else 0, stroke_fill=stroke)
+                top += line_h
             return img
 
         img, data, h = self.distinct(draw)
         kind = "ocr_outline" if outlined else "ocr_text"
-        return ImageFile(kind, data, "jpg", "JPEG", "RGB", img.size, h, words=" ".join(lines))
+        words = " ".join(line for _, lines in blocks for line in lines)
+        return ImageFile(kind, data, "jpg", "JPEG", "RGB", img.size, h, words=words)
 
     def exact_duplicate(self, original, key):
         return ImageFile("duplicate_exact", original.data, original.ext, original.fmt, original.mode, original.size,
@@ -523,9 +550,9 @@ class CorpusWriter:
         if kind == "several_images":
             return [im.generic_image() for _ in range(self.r.randint(2, 4))]
         if kind == "image_ocr":
-            return [im.text_image(tag["segmentation"], outlined=False)]
+            return [im.text_image(tag["segmentation"], tag["poster"], outlined=False)]
         if kind == "image_ocr_outline":
-            return [im.text_image(tag["segmentation"], outlined=True)]
+            return [im.text_image(tag["segmentation"], tag["poster"], outlined=True)]
         if kind == "grayscale_image":
             return [im.grayscale_image()]
         if kind == "cmyk_image":

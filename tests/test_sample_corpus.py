@@ -186,6 +186,7 @@ def test_image_only_posts(corpus):
     counts = Counter(r["kind"] for r in recs if r["image_only"])
     assert counts["image_photo"] >= 50 and counts["image_ocr"] >= 20 and counts["image_ocr_outline"] >= 10
     photos_of = {t: h["image"][6:] for t, h in exp["hashtags"].items() if h["image"].startswith("photo:")}
+    posters = {t["tag"]: t["poster"] for t in msc.load_topics()["frequent"] if t["image"] == "ocr"}
     assert len(set(photos_of.values())) >= 6
     for r in recs:
         if r["image_only"]:
@@ -194,8 +195,12 @@ def test_image_only_posts(corpus):
             img = r["images"][0]
             if r["kind"] == "image_photo":
                 assert img["kind"] == "photo" and img["photo"] == photos_of[kp.replace(" ", "")]
-            else:
-                assert img["rendered_text"].lower().split() == kp.split()
+            else:   # the keyphrase as a headline, with one of its topic's poster lines
+                rendered = img["rendered_text"].lower()
+                assert re.search(rf"(?<!\w){kp}(?!\w)", rendered), (kp, rendered)
+                poster_words = {w for line in posters[kp.replace(" ", "")] for w in msc.text_words(line)}
+                assert set(msc.text_words(rendered)) - set(kp.split()) <= poster_words, rendered
+                assert len(msc.text_words(rendered)) >= len(kp.split()) + 3
     in_text = [r for r in recs if r["kind"] == "text"]
     assert sum(all(r["keyphrase_in_text"].values()) for r in in_text) >= 200
     assert sum(r["images"][0]["kind"] == "photo" for r in in_text) >= 50   # the category's photo with the text too
@@ -282,4 +287,34 @@ def test_rendered_text_is_readable(corpus):
             if kind == "ocr_outline":
                 im = Image.fromarray(np.where(np.asarray(im) > 200, 0, 255).astype(np.uint8))
             got = re.findall(r"[a-z0-9]+", pytesseract.image_to_string(im).lower())
-            assert set(img["rendered_text"].lower().split()) <= set(got), (img["file"], got)
+            assert set(msc.text_words(img["rendered_text"])) <= set(got), (img["file"], got)
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract is not installed")
+def test_pipeline_ocr_keeps_the_keyphrase_words_of_text_in_image_posts(corpus):
+    """pipeline.ocr reads the posters and its paper cleaning (words of the corpus's posts and keyphrases, at
+    least 3 longer than 3 letters) keeps them, headline words included: the image-wording path has input."""
+    pytest.importorskip("tesserocr")
+    from pipeline import ocr
+
+    out, exp = corpus
+    tweets, _ = read_tweets(out)
+    tokenize = ocr.social_tokenizer()
+    kept = [t for t in tweets if exp["posts"][t["id"]]["expect"] == "kept"]
+    vocabulary = ocr.corpus_vocabulary((" ".join(tokenize(t["text"])) for t in kept),
+                                       (";".join(exp["posts"][t["id"]]["keyphrases"]) for t in kept))
+    posters = {"ocr_text": [], "ocr_outline": []}
+    for t in kept:
+        rec = exp["posts"][t["id"]]
+        if rec["image_only"] and rec["images"][0]["kind"] in posters:
+            posters[rec["images"][0]["kind"]].append(rec)
+    subset = posters["ocr_text"][:8] + posters["ocr_outline"][:8]   # both styles, a few seconds of OCR
+    assert len(subset) == 16
+    texts = ocr.read_images([str(out / rec["images"][0]["file"]) for rec in subset], workers=2)
+    kept_keyphrase = 0
+    for rec, text in zip(subset, texts):
+        tokens = ocr.clean_ocr(text, vocabulary, tokenize)
+        # the cleaning keeps alphabetic tokens only: the 10 of "top 10" never survives, its "top" must
+        headline_words = {w for w in rec["keyphrases"][0].split() if w.isalpha()}
+        kept_keyphrase += bool(tokens) and headline_words <= set(tokens)
+    assert kept_keyphrase >= 0.8 * len(subset), list(zip([r["images"][0]["rendered_text"] for r in subset], texts))
