@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/collect_results.py RUNS_DIR
 
 RUNS_DIR holds one run directory per (config, seed), named `<config>-s<seed>`, each with metrics.json and
-train.log (one JSON line per epoch, with `train_cpu_s` and `decode_posts_per_s`). Prints a Markdown table.
+train.log (one JSON line per epoch, with `train_cpu_s`). Prints a Markdown table. Decoding speed is not taken
+from train.log (its figure is wall time of decoding plus the DEV ranking-weight search, on a shared machine):
+measure it with benchmarks/bench_model.py.
 """
 from __future__ import annotations
 
@@ -35,13 +37,12 @@ def main(runs_dir: str) -> None:
         for key in ("f1@1", "f1@3", "map@5"):
             r[key].append(dev[key])
         r["cpu"].append(statistics.mean(e["train_cpu_s"] for e in epochs))
-        r["decode"].append(statistics.mean(e["decode_posts_per_s"] for e in epochs))
         r["epochs"].append(len(epochs))
-    print("| config | seeds | F1@1 | F1@3 | MAP@5 | train CPU-s / epoch | decode posts/s (wall) | epochs run |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| config | seeds | F1@1 | F1@3 | MAP@5 | train CPU-s / epoch | epochs run |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for config, r in rows.items():
         print(f"| {config} | {','.join(r['seeds'])} | {mean_std(r['f1@1'])} | {mean_std(r['f1@3'])} | "
-              f"{mean_std(r['map@5'])} | {mean_std(r['cpu'])} | {mean_std(r['decode'])} | "
+              f"{mean_std(r['map@5'])} | {mean_std(r['cpu'])} | "
               f"{','.join(map(str, r['epochs']))} |")
 
 
