@@ -45,16 +45,21 @@ def resolve_device(name: str) -> torch.device:
 def load_glove(path: str | Path, words: list[str], dim: int, embedding: torch.Tensor) -> int:
     """Copy the vectors of a GloVe text file into `embedding` rows for the words it has; returns how many."""
     index = {w: i for i, w in enumerate(words)}
-    found = 0
+    found = vectors = 0
     with open(path, encoding="utf-8") as f:
         for line in f:
             parts = line.rstrip().split(" ")
             if len(parts) != dim + 1:
                 continue            # a header line or a vector of another size
+            vectors += 1
             i = index.get(parts[0])
             if i is not None and i > 0:
                 embedding[i] = torch.tensor([float(x) for x in parts[1:]])
                 found += 1
+    if not vectors:
+        # Training on silently random embeddings would look like a GloVe run.
+        raise ValueError(f"{path} holds no {dim}-d vectors (the config's emb_dim); is it a GloVe text file of "
+                         f"that size?")
     return found
 
 

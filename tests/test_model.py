@@ -308,3 +308,15 @@ def test_load_config_rejects_unknown(tmp_path):
     bad.write_text(json.dumps({"hiden": 3}))
     with pytest.raises(ValueError, match="unknown config fields"):
         load_config(str(bad))
+
+
+def test_glove_vectors_fill_the_rows_of_known_words(tmp_path):
+    from model.train import load_glove
+    glove = tmp_path / "glove.txt"
+    glove.write_text("2 3\ncat 1 2 3\nunknownword 4 5 6\ndog 7 8 9\n<pad> 1 1 1\n")
+    embedding = torch.zeros(4, 3)
+    found = load_glove(glove, ["<pad>", "cat", "dog", "bird"], 3, embedding)
+    assert found == 2   # cat and dog; the <pad> row is never overwritten, bird has no vector
+    assert embedding.tolist() == [[0, 0, 0], [1, 2, 3], [7, 8, 9], [0, 0, 0]]
+    with pytest.raises(ValueError, match="no 5-d vectors"):
+        load_glove(glove, ["<pad>", "cat"], 5, torch.zeros(2, 5))
