@@ -146,7 +146,3 @@ def load_config(name_or_file: str, **overrides) -> ModelConfig:
         raise ValueError(f"{name_or_file}: unknown config fields {unknown}")
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return dataclasses.replace(base, **fields)
-
-
-def config_from_dict(values: dict) -> ModelConfig:
-    return ModelConfig(**values)

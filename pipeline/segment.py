@@ -328,15 +328,6 @@ def _ekphrasis_segmenter_class():
                 return max(unknown, self.number_factor * number_frequency(key))
             return unknown
 
-        def log_cond_prob(self, word: str, prev: str) -> float:
-            """log10 of ekphrasis's `condProbWord(word, prev)`: the bigram estimate where both counts exist,
-            else the unigram probability."""
-            if prev != NO_CONTEXT:
-                pair = self.P2w.get(prev + NGRAM_SEP + word)
-                if pair is not None and prev in self.Pw:
-                    return math.log10(pair / self.Pw[prev])
-            return self.log_unigram(word)
-
         def find_segment(self, text, prev="<S>"):
             """(log10 P(words), words) of the best segmentation of text, scored as ekphrasis's `condProbWord`
             scores it, never cutting between two digits.
