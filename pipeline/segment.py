@@ -23,6 +23,7 @@ setup.cfg's `[options.data_files]` puts it (`default_mapping_file`).
 """
 from __future__ import annotations
 
+import heapq
 import math
 import re
 import site
@@ -70,6 +71,14 @@ class SegmenterConfig:
     # wordfreq's estimate for a number (`19`: 2e-4) times this: smaller keeps `ff14` whole, larger splits `wwdc 19`
     number_factor: float = 1e-4
     max_split_length: int = 20  # longest word the Viterbi search considers (ekphrasis's default)
+    # the reranker (with supervised keyphrases): how many of the search's best segmentations it chooses among,
+    # the K of its K-fold training inside the learn-from posts, and its weights' L2 penalty
+    candidates: int = 10
+    rerank_folds: int = 2
+    rerank_l2: float = 0.001
+    # fewer training examples than this: by default the search alone decides (a ranker fitted on a handful of
+    # keyphrases would be noise); asked for explicitly, it is an error
+    rerank_min_examples: int = 100
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -374,16 +383,203 @@ def _ekphrasis_segmenter_class():
                 i, context = j, text[i:j] if text[i:j] in self.bigram_firsts else NO_CONTEXT
             return logp, words
 
+        def candidates(self, text, size):
+            """The `size` likeliest segmentations of text as (log10 P, words), best first, under the same scores
+            and the same no-cut rule for digits as `find_segment`.
+
+            A beam over end positions: the segmentations of text[:i] are complete when i is reached, so each position
+            keeps its `size` best before extending them by one word. Exact for the best one whenever it is not
+            pruned on the way (it always is found on this benchmark's inputs; `find_segment` stays the reference).
+            """
+            n = len(text)
+            beams: list[list] = [[] for _ in range(n + 1)]
+            beams[0].append((0.0, (), "<S>"))
+            for i in range(n):
+                if not beams[i]:
+                    continue
+                hypotheses = heapq.nlargest(size, beams[i]) if len(beams[i]) > size else beams[i]
+                beams[i] = []
+                # (context count or None, ...) once per hypothesis: only contexts that start a bigram re-score
+                contexts = [(logp, words, self.Pw.get(context) if context in self.bigram_firsts else None, context)
+                            for logp, words, context in hypotheses]
+                for j in range(i + 1, min(n, i + self.L) + 1):
+                    if j < n and text[j - 1].isdigit() and text[j].isdigit():
+                        continue
+                    word = text[i:j]
+                    unigram = self.log_unigram(word)
+                    extended = beams[j]
+                    for logp, words, context_count, context in contexts:
+                        pair = self.P2w.get(context + NGRAM_SEP + word) if context_count else None
+                        score = math.log10(pair / context_count) if pair is not None else unigram
+                        extended.append((logp + score, words + (word,), word))
+            return [(logp, list(words)) for logp, words, _ in heapq.nlargest(size, beams[n])]
+
     return _CountsSegmenter
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reranking the search's candidates
+
+
+class WordStats:
+    """The count sources one by one (the search sees only their fixed mix) and the learned mappings: what the
+    reranker's features look a candidate's words up in. Corpus and keyphrase-lexicon counts are raw counts."""
+
+    def __init__(self, texts: Iterable[str], keyphrases: Iterable[str], learned: Mapping[str, str]):
+        self.web_unigrams, self.web_bigrams = web_counts()
+        self.frequencies = wordfreq_frequencies()
+        self.corpus_unigrams, self.corpus_bigrams = count_words(texts)
+        self.lexicon_unigrams, self.lexicon_bigrams = count_words(keyphrases)
+        self.learned = dict(learned)
+        # log10 of each source's total: an add-half estimate is log10(count + 0.5) - this
+        self.log10_totals = [math.log10(sum(table.values()) + 1)
+                             for table in (self.web_unigrams, self.corpus_unigrams, self.lexicon_unigrams)]
+
+
+# one name per feature, in the order `candidate_features` returns them
+FEATURES = ("search log10 P", "words", "lone letters", "lone a or i", "letter-digit cuts", "unknown words",
+            "web log10 P", "wordfreq log10 P", "corpus log10 P", "lexicon log10 P", "lexicon words", "lexicon pairs",
+            "corpus pairs", "web pairs", "wordfreq-only words", "longest word share", "two-letter words",
+            "search's best", "learned keys split", "learned pairs glued")
+
+
+def candidate_features(words: list[str], logp: float, rank: int, known: Mapping[str, int],
+                       stats: WordStats) -> list[float]:
+    """The features of one candidate segmentation: its words, its log10 P and rank in the search, `known` the
+    search's unigram table.
+
+    Each count source separately (web, wordfreq, corpus, keyphrase lexicon) as add-half log10 probabilities and
+    word-pair hits, so that learned weights can mix them unlike the search's fixed shares; the labels' conventions
+    that no count expresses (lone letters, digits cut from letters, short words); and what the learned mappings say
+    about the candidate's parts (a word the training keyphrases split, two words they glue)."""
+    text = "".join(words)
+    pairs = [first + NGRAM_SEP + second for first, second in zip(words, words[1:])]
+    letter_digit_cuts, position = 0, 0
+    for word in words[:-1]:
+        position += len(word)
+        letter_digit_cuts += text[position - 1].isdigit() != text[position].isdigit()
+    web_total, corpus_total, lexicon_total = stats.log10_totals
+    learned = stats.learned
+    return [
+        logp,
+        len(words),
+        sum(len(word) == 1 and word.isalpha() and word not in "ai" for word in words),
+        sum(word in ("a", "i") for word in words),
+        letter_digit_cuts,
+        sum(word not in known for word in words),
+        sum(math.log10(stats.web_unigrams.get(word, 0) + 0.5) - web_total for word in words),
+        sum(math.log10(stats.frequencies.get(word, 0) + 1e-9) for word in words),
+        sum(math.log10(stats.corpus_unigrams.get(word, 0) + 0.5) - corpus_total for word in words),
+        sum(math.log10(stats.lexicon_unigrams.get(word, 0) + 0.5) - lexicon_total for word in words),
+        sum(word in stats.lexicon_unigrams for word in words),
+        sum(pair in stats.lexicon_bigrams for pair in pairs),
+        sum(pair in stats.corpus_bigrams for pair in pairs),
+        sum(pair in stats.web_bigrams for pair in pairs),
+        sum(word in stats.frequencies and word not in stats.web_unigrams for word in words),
+        max(map(len, words)) / len(text),
+        sum(len(word) == 2 for word in words),
+        rank == 0,
+        sum(" " in learned.get(word, "") for word in words),
+        sum(learned.get(first + second, f"{first} {second}") != f"{first} {second}"
+            for first, second in zip(words, words[1:])),
+    ]
+
+
+class Reranker:
+    """A linear scorer over `candidate_features` (standardised): the candidate with the highest score wins."""
+
+    def __init__(self, weights, mean, scale):
+        self.weights, self.mean, self.scale = weights, mean, scale
+
+    def choose(self, candidates: list[tuple[float, list[str]]], known: Mapping[str, int],
+               stats: WordStats) -> list[str]:
+        import numpy as np
+
+        features = np.array([candidate_features(words, logp, rank, known, stats)
+                             for rank, (logp, words) in enumerate(candidates)])
+        return candidates[int(np.argmax(((features - self.mean) / self.scale) @ self.weights))][1]
+
+    @classmethod
+    def fit(cls, lists: list[tuple[list[list[float]], int]], l2: float, steps: int = 300) -> "Reranker":
+        """Softmax over each list's candidates (conditional logit), L2-penalised, by full-batch gradient descent
+        with Adam steps. lists: (features of each candidate, index of the labelled one)."""
+        import numpy as np
+
+        size = max(len(features) for features, _ in lists)
+        width = len(lists[0][0][0])
+        x = np.zeros((len(lists), size, width))
+        valid = np.zeros((len(lists), size), dtype=bool)
+        gold = np.array([index for _, index in lists])
+        for row, (features, _) in enumerate(lists):
+            x[row, :len(features)] = features
+            valid[row, :len(features)] = True
+        mean = x[valid].mean(0)
+        scale = x[valid].std(0)
+        scale[scale == 0] = 1.0
+        x = (x - mean) / scale
+        weights = np.zeros(width)
+        moment, velocity = np.zeros(width), np.zeros(width)
+        for step in range(1, steps + 1):
+            logits = np.where(valid, x @ weights, -np.inf)
+            probabilities = np.exp(logits - logits.max(1, keepdims=True))
+            probabilities /= probabilities.sum(1, keepdims=True)
+            # d(-mean log p(gold))/dw = E_p[x] - x_gold, averaged over the lists
+            gradient = (np.einsum("lc,lcf->f", probabilities, x) - x[np.arange(len(lists)), gold].sum(0)) / len(lists)
+            gradient += l2 * weights
+            moment = 0.9 * moment + 0.1 * gradient
+            velocity = 0.999 * velocity + 0.001 * gradient ** 2
+            weights -= 0.05 * (moment / (1 - 0.9 ** step)) / (np.sqrt(velocity / (1 - 0.999 ** step)) + 1e-8)
+        return cls(weights, mean, scale)
+
+
+def reranker_training_lists(texts: list[str], keyphrases: list[str], posts: list[tuple[str, list[str]]],
+                            overridden: Iterable[str], config: SegmenterConfig) -> list[tuple[list[list[float]], int]]:
+    """(candidates' features, index of the label) for the keyphrases of `posts`, K-fold so that no example sees
+    its own label: the posts are split into `config.rerank_folds` parts by line index, and the keyphrases of each
+    part are segmented with statistics and learned mappings built from `texts`, `keyphrases` and the other parts
+    only. Like at inference, only keys that reach the search are examples: not those the other parts' learned
+    mappings or the `overridden` keys (the manual list) answer. Lists where the label is not among the candidates
+    (or there is one candidate) teach nothing and are left out."""
+    overridden = set(overridden)
+    lists = []
+    for fold in range(config.rerank_folds):
+        inside = [post for index, post in enumerate(posts) if index % config.rerank_folds != fold]
+        held_out = [post for index, post in enumerate(posts) if index % config.rerank_folds == fold]
+        fold_texts = texts + [text for text, _ in inside]
+        inside_keyphrases = [keyphrase for _, post_keyphrases in inside for keyphrase in post_keyphrases]
+        fold_keyphrases = keyphrases + inside_keyphrases
+        learned = learn_mappings(inside_keyphrases)
+        viterbi = _ekphrasis_segmenter_class()(*mixed_counts(fold_texts, fold_keyphrases, config), config)
+        stats = WordStats(fold_texts, fold_keyphrases, learned)
+        held_out_labels = learn_mappings(keyphrase for _, post_keyphrases in held_out for keyphrase in post_keyphrases)
+        for key, label in held_out_labels.items():
+            if key in learned or key in overridden or not key.isascii():
+                continue
+            candidates = viterbi.candidates(key, config.candidates)
+            index = next((rank for rank, (_, words) in enumerate(candidates) if " ".join(words) == label), None)
+            if index is not None and len(candidates) > 1:
+                lists.append(([candidate_features(words, logp, rank, viterbi.Pw, stats)
+                               for rank, (logp, words) in enumerate(candidates)], index))
+    return lists
 
 
 class HashtagSegmenter:
     """`segment(hashtag)` -> lowercase words joined by single spaces (memoised per distinct input)."""
 
-    def __init__(self, viterbi, mappings: Mapping[str, str], memo_size: int = 1 << 18):
+    def __init__(self, viterbi, mappings: Mapping[str, str], reranker: Reranker | None = None,
+                 stats: WordStats | None = None, candidates: int = 10, memo_size: int = 1 << 18):
         self.viterbi = viterbi
         self.mappings = dict(mappings)
+        self.reranker, self.stats, self.candidates = reranker, stats, candidates
         self.segment = lru_cache(maxsize=memo_size)(self._segment)
+
+    def split(self, text: str) -> list[str]:
+        """The words of a lowercase ASCII run: the search's best, or the reranker's choice among its candidates."""
+        if self.reranker is None:
+            return self.viterbi.find_segment(text)[1]
+        candidates = self.viterbi.candidates(text, self.candidates)
+        return candidates[0][1] if len(candidates) == 1 else self.reranker.choose(candidates, self.viterbi.Pw,
+                                                                                  self.stats)
 
     def _segment(self, hashtag: str) -> str:
         key = mapping_key(hashtag)
@@ -399,14 +595,13 @@ class HashtagSegmenter:
             mixed_case = chunk != chunk.lower() and chunk != chunk.upper()
             for part in (CAMEL_PART.findall(chunk) if mixed_case else [chunk]):
                 part = part.lower()
-                words.extend(self.mappings[part].split() if part in self.mappings
-                             else self.viterbi.find_segment(part)[1])
+                words.extend(self.mappings[part].split() if part in self.mappings else self.split(part))
         return " ".join(words)
 
 
 def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str | Path] = (),
                     learn_from: Iterable[str | Path] = (), mappings: Iterable[str | Path] | None = None,
-                    config: SegmenterConfig = SegmenterConfig()) -> HashtagSegmenter:
+                    config: SegmenterConfig = SegmenterConfig(), rerank: bool | None = None) -> HashtagSegmenter:
     """A hashtag segmenter over web counts mixed with wordfreq, corpus and keyphrase counts.
 
     corpus_texts: raw or tokenized post texts whose words are mixed into the statistics.
@@ -414,10 +609,20 @@ def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str |
     learn_from: CMKP `*_src.txt` files whose segmented keyphrases become mapping entries.
     mappings: TSV files of hand-curated entries; they win over everything (later files over earlier ones).
         None: the project's own list (`default_mapping_file()`); () for none.
+    rerank: choose among the search's candidates with a reranker trained on the learn-from keyphrases
+        (`reranker_training_lists`); None: whenever learn_from gives it `config.rerank_min_examples` examples.
+        The learn-from files then also join the statistics (texts and keyphrases), the way the training folds saw
+        them.
     """
+    learn_posts = [post for path in learn_from for post in read_cmkp_src(Path(path))]
+    rerank_asked = rerank
+    rerank = bool(learn_posts) if rerank is None else rerank
+    learn_files = {Path(path).resolve() for path in learn_from}
     texts = list(corpus_texts)
     keyphrases: list[str] = []
     for path in stats_from:
+        if rerank and Path(path).resolve() in learn_files:
+            continue  # joins below, after the training folds (which must not count it whole)
         file_texts, file_keyphrases = read_corpus(Path(path))
         texts += file_texts
         keyphrases += file_keyphrases
@@ -428,9 +633,21 @@ def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str |
     for path in (default_mapping_file(),) if mappings is None else mappings:
         manual.update(read_mapping_file(Path(path)))
 
+    reranker = stats = None
+    if rerank:
+        lists = reranker_training_lists(texts, keyphrases, learn_posts, manual, config)
+        if len(lists) >= config.rerank_min_examples:
+            reranker = Reranker.fit(lists, config.rerank_l2)
+        elif rerank_asked:
+            raise ValueError(f"the learn-from keyphrases give the reranker {len(lists)} examples, fewer than "
+                             f"{config.rerank_min_examples} (an example needs its label among several candidates "
+                             "of the search, and a key the other folds' learned mappings do not answer)")
+        texts += [text for text, _ in learn_posts]
+        keyphrases += [keyphrase for _, post_keyphrases in learn_posts for keyphrase in post_keyphrases]
+        stats = WordStats(texts, keyphrases, learned)
     unigrams, bigrams = mixed_counts(texts, keyphrases, config)
     viterbi = _ekphrasis_segmenter_class()(unigrams, bigrams, config)
-    return HashtagSegmenter(viterbi, {**learned, **manual})
+    return HashtagSegmenter(viterbi, {**learned, **manual}, reranker, stats, config.candidates)
 
 
 # ----------------------------------------------------------------------------------------------------------
