@@ -5,7 +5,6 @@ per-post Python work is turning the finished id sequences into strings at the en
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -84,11 +83,28 @@ def hypothesis_strings(model: KeyphraseModel, hyps: Hypotheses, oov: list[list[s
     return out
 
 
+def label_candidates(probs: torch.Tensor, labels, n_best: int, gen_ranked: list) -> list:
+    """Per post: [(label, probability)] best first: the top n_best labels of `probs` [B, C] plus every generator
+    hypothesis that is a label, so that the unified ranking has that side's score for those too."""
+    probs = probs.clone()
+    probs[:, 0] = 0.0                                                       # label 0 is not a keyphrase
+    top = probs.topk(min(n_best, probs.shape[1]), dim=1).indices.tolist()
+    out = []
+    for b, post_top in enumerate(top):
+        ids = dict.fromkeys(i for i in post_top if i != 0)
+        if gen_ranked[b]:
+            ids.update(dict.fromkeys(labels.index[kp] for kp, _, _ in gen_ranked[b] if labels.index.get(kp, 0)))
+        ids = list(ids)
+        p = probs[b, ids].tolist()
+        out.append(sorted(zip((labels.words[i] for i in ids), p), key=lambda x: -x[1]))
+    return out
+
+
 @torch.no_grad()
-def candidates_batch(model: KeyphraseModel, batch: Batch) -> list[tuple[list | None, list | None]]:
+def candidates_batch(model: KeyphraseModel, batch: Batch) -> list[tuple[list | None, list | None, list | None]]:
     """Per post: (generator hypotheses [(kp, summed log P, normalised log P)] best first, or None;
-    classifier labels [(kp, probability)] best first, or None). The labels are the classifier's top n_best
-    plus every generator hypothesis that is a label, so that the unified ranking has both scores for those."""
+    classifier labels [(kp, probability)] best first, or None; keyphrase-memory labels [(kp, probability)]
+    best first, or None)."""
     c = model.config
     enc = model.encode(batch)
     B = batch.src.shape[0]
@@ -96,47 +112,43 @@ def candidates_batch(model: KeyphraseModel, batch: Batch) -> list[tuple[list | N
     if c.generator:
         hyps = beam_search(model, batch, c.beam, c.max_kp_len, enc=enc)
         gen_ranked = hypothesis_strings(model, hyps, batch.oov, limit=c.beam * 2)
-    cls_ranked = [None] * B
+    cls_ranked = mem_ranked = [None] * B
     if c.classifier:
-        probs = enc.cls_logits.softmax(-1)
-        probs[:, 0] = 0.0                                                   # label 0 is not a keyphrase
-        top = probs.topk(min(c.n_best, probs.shape[1]), dim=1).indices.tolist()
-        labels = model.vocabs.labels
-        for b in range(B):
-            ids = dict.fromkeys(i for i in top[b] if i != 0)
-            if gen_ranked[b]:
-                ids.update(dict.fromkeys(labels.index[kp] for kp, _, _ in gen_ranked[b] if labels.index.get(kp, 0)))
-            ids = list(ids)
-            p = probs[b, ids].tolist()
-            cls_ranked[b] = sorted(zip((labels.words[i] for i in ids), p), key=lambda x: -x[1])
-    return list(zip(gen_ranked, cls_ranked))
+        cls_ranked = label_candidates(enc.cls_logits.softmax(-1), model.vocabs.labels, c.n_best, gen_ranked)
+    if model.memory is not None:
+        p_mem = model.memory.label_distribution(batch.src, batch.attrs, len(model.vocabs.labels))
+        mem_ranked = label_candidates(p_mem, model.vocabs.labels, c.n_best, gen_ranked)
+    return list(zip(gen_ranked, cls_ranked, mem_ranked))
 
 
-def rank(candidates: tuple[list | None, list | None], ranking: str, lam: float, n_best: int) -> list[str]:
+def rank(candidates: tuple[list | None, list | None, list | None], ranking: str, cls_weight: float,
+         mem_weight: float, n_best: int) -> list[str]:
     """One post's ranked keyphrases:
     generator: the beam's order (length-normalised log P);
     classifier: the labels by probability;
-    unified: (1 - lam) x generator normalised log P + lam x classifier log P, over the union of both lists.
-    A keyphrase one side did not propose gets that side's lowest score for the post (it ranked below all it
-    listed). Log scale on both sides: a sequence probability and a label probability differ by orders of
-    magnitude (~1e-3 vs ~1e-1), so mixing the probabilities themselves lets one side decide alone."""
-    gen_post, cls_post = candidates
+    unified: by q_gen + cls_weight x P_cls + mem_weight x P_mem over the union of the lists, where q_gen is the
+    softmax of the hypotheses' normalised log P over the post's hypotheses (a keyphrase a side did not list
+    gets 0 from it). Normalising the beam's scores over its own list puts the three sides on one scale: raw
+    sequence probabilities (~1e-3) next to label probabilities (~1e-1) would let the labels decide alone."""
+    gen_post, cls_post, mem_post = candidates
     if ranking == "classifier":
         return [kp for kp, _ in cls_post[:n_best]]
-    if ranking == "generator" or not cls_post:
+    if ranking == "generator" or not (cls_post or mem_post):
         return [kp for kp, _, _ in gen_post[:n_best]]
-    if not gen_post:
-        return [kp for kp, _ in cls_post[:n_best]]
-    gen = {kp: norm for kp, _, norm in gen_post}
-    cls = {kp: math.log(max(p, 1e-30)) for kp, p in cls_post}
-    gen_floor, cls_floor = min(gen.values()), min(cls.values())
-    # generator hypotheses first, so that lam = 0 keeps the beam's order (sorted() is stable)
-    order = list(gen) + [kp for kp in cls if kp not in gen]
-    score = {kp: (1 - lam) * gen.get(kp, gen_floor) + lam * cls.get(kp, cls_floor) for kp in order}
-    return sorted(order, key=score.get, reverse=True)[:n_best]
+    score: dict[str, float] = {}
+    if gen_post:
+        norm = torch.tensor([nm for _, _, nm in gen_post]).softmax(0).tolist()
+        for (kp, _, _), q in zip(gen_post, norm):
+            score[kp] = q
+    for side, weight in ((cls_post, cls_weight), (mem_post, mem_weight)):
+        for kp, p in side or ():
+            score[kp] = score.get(kp, 0.0) + weight * p
+    # generator hypotheses first, so that ties (and weights 0) keep the beam's order (sorted() is stable)
+    return sorted(score, key=score.get, reverse=True)[:n_best]
 
 
 def predict_batch(model: KeyphraseModel, batch: Batch) -> list[list[str]]:
     """Ranked keyphrases per post, as the model's config defines the ranking."""
     c = model.config
-    return [rank(cands, c.ranking, c.rank_cls_weight, c.n_best) for cands in candidates_batch(model, batch)]
+    return [rank(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight, c.n_best)
+            for cands in candidates_batch(model, batch)]

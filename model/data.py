@@ -258,7 +258,7 @@ class Batch:
         return self.oov_word_ids.shape[1]
 
 
-def _pad(rows: list[list[int]], value: int = PAD, min_len: int = 0) -> torch.Tensor:
+def pad_rows(rows: list[list[int]], value: int = PAD, min_len: int = 0) -> torch.Tensor:
     width = max([len(r) for r in rows] + [min_len])
     out = torch.full((len(rows), width), value, dtype=torch.long)
     for i, r in enumerate(rows):
@@ -283,14 +283,14 @@ def collate(items) -> Batch:
                for din, dout, lab in zip(e.dec_in, e.dec_out, e.labels)]
     return Batch(
         index=torch.tensor([e.index for e in examples]),
-        src=_pad([e.src for e in examples]),
+        src=pad_rows([e.src for e in examples]),
         src_len=torch.tensor([len(e.src) for e in examples]),
-        src_ext=_pad([e.src_ext for e in examples]),
-        oov_word_ids=_pad([e.oov_word_ids for e in examples]),
-        attrs=_pad([e.attrs for e in examples]),
+        src_ext=pad_rows([e.src_ext for e in examples]),
+        oov_word_ids=pad_rows([e.oov_word_ids for e in examples]),
+        attrs=pad_rows([e.attrs for e in examples]),
         vision=vision, vision_mask=vision_mask,
-        dec_in=_pad([r[1] for r in kp_rows], min_len=1),
-        dec_out=_pad([r[2] for r in kp_rows], min_len=1),
+        dec_in=pad_rows([r[1] for r in kp_rows], min_len=1),
+        dec_out=pad_rows([r[2] for r in kp_rows], min_len=1),
         kp_post=torch.tensor([r[0] for r in kp_rows], dtype=torch.long),
         labels=torch.tensor([r[3] for r in kp_rows], dtype=torch.long),
         oov=[e.oov for e in examples])

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from model.config import ModelConfig
 from model.data import PAD, VISION_DIMS, Batch, Vocabularies
+from model.memory import KeyphraseMemory
 
 
 def masked_pool(x: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -196,6 +197,9 @@ class KeyphraseModel(nn.Module):
         self.gen_size = len(vocabs.gen)
         self.vision_dim = vision_dim or (VISION_DIMS[c.vision] if c.vision != "none" else None)
         self.agg_weight = 0.0             # b of Eq. 11; the trainer raises it after warm-up, saved with the model
+        # The training posts' keyphrases for the unified ranking (model/memory.py): built by the trainer from the
+        # train split, saved with the model; None when the config has no memory.
+        self.memory: KeyphraseMemory | None = None
         H = c.hidden
         self.embedding = nn.Embedding(len(vocabs.words), c.emb_dim, padding_idx=PAD)
         # U(-0.1, 0.1) as the authors' random embeddings; torch's N(0, 1) saturates the GRU gates early

@@ -22,10 +22,12 @@ from model.beam import candidates_batch, rank
 from model.config import ModelConfig
 from model.data import PostDataset, Split, Vocabularies, make_loader, read_split, split_names
 from model.metrics import compute_metrics
+from model.memory import KeyphraseMemory
 from model.model import KeyphraseModel
 
 CHECKPOINT = "model.pt"
-RANK_WEIGHTS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+# (classifier, memory) weights of the unified ranking that DEV chooses from at every epoch (beam.rank)
+RANK_WEIGHT_GRID = tuple((cls, mem) for cls in (0.0, 0.1, 0.2, 0.5) for mem in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0))
 
 
 def set_seed(seed: int) -> None:
@@ -68,7 +70,8 @@ def save_checkpoint(model: KeyphraseModel, path: Path, extra: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"config": model.config.to_dict(), "vocabs": model.vocabs.to_dict(),
                 "agg_weight": model.agg_weight, "vision_dim": model.vision_dim,
-                "state_dict": model.state_dict(), **extra}, tmp)
+                "state_dict": model.state_dict(),
+                "memory": model.memory.state() if model.memory is not None else None, **extra}, tmp)
     os.replace(tmp, path)
 
 
@@ -78,6 +81,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Key
                            vision_dim=ckpt["vision_dim"])
     model.load_state_dict(ckpt["state_dict"])
     model.agg_weight = ckpt["agg_weight"]
+    if ckpt.get("memory") is not None:
+        model.memory = KeyphraseMemory.from_state(ckpt["memory"]).to(device)
     return model.to(device).eval()
 
 
@@ -95,7 +100,7 @@ def split_candidates(model: KeyphraseModel, dataset: PostDataset, device, batch_
 
 def rank_split(model: KeyphraseModel, candidates: list) -> list[list[str]]:
     c = model.config
-    return [rank(cands, c.ranking, c.rank_cls_weight, c.n_best) for cands in candidates]
+    return [rank(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight, c.n_best) for cands in candidates]
 
 
 def predict_split(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int = 64) -> list[list[str]]:
@@ -104,16 +109,19 @@ def predict_split(model: KeyphraseModel, dataset: PostDataset, device, batch_siz
 
 
 def select_rank_weight(model: KeyphraseModel, candidates: list, split: Split) -> dict:
-    """Scores on `split`; for the unified ranking, first set the classifier weight that maximises F1@1 on it
-    (DEV chooses it, as it chooses the checkpoint; re-ranking the same candidates costs no decoding)."""
+    """Scores on `split`; for the unified ranking, first set the classifier and memory weights that maximise
+    F1@1 on it (DEV chooses them, as it chooses the checkpoint; re-ranking the same candidates costs no
+    decoding). Ties go to the first in RANK_WEIGHT_GRID (the smaller weights)."""
     c = model.config
     if c.ranking == "unified" and c.tune_rank_weight:
+        grid = RANK_WEIGHT_GRID
+        if model.memory is None:
+            grid = tuple(dict.fromkeys((cls, 0.0) for cls, _ in grid))
         tried = {}
-        for lam in RANK_WEIGHTS:
-            c.rank_cls_weight = lam
-            tried[lam] = score(rank_split(model, candidates), split)
-        c.rank_cls_weight = max(tried, key=lambda lam: tried[lam]["f1@1"])
-        return tried[c.rank_cls_weight]
+        for c.rank_cls_weight, c.rank_mem_weight in grid:
+            tried[c.rank_cls_weight, c.rank_mem_weight] = score(rank_split(model, candidates), split)
+        c.rank_cls_weight, c.rank_mem_weight = max(tried, key=lambda w: tried[w]["f1@1"])
+        return tried[c.rank_cls_weight, c.rank_mem_weight]
     return score(rank_split(model, candidates), split)
 
 
@@ -164,6 +172,9 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
     if datasets["train"].vision is not None:
         vision_dim = datasets["train"].vision.read(0, 0)[0].shape[1] if splits["train"].posts else None
     model = KeyphraseModel(config, vocabs, vision_dim=vision_dim).to(dev)
+    if config.memory:
+        model.memory = KeyphraseMemory.build(datasets["train"].examples, len(vocabs.words), config.memory_k,
+                                             config.memory_power).to(dev)
     if glove:
         with torch.no_grad():
             found = load_glove(glove, vocabs.words.words, config.emb_dim, model.embedding.weight)
@@ -215,6 +226,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
                                          splits["valid"])
         decode_s = time.perf_counter() - t0
         record = {"epoch": epoch, "agg_weight": model.agg_weight, "rank_cls_weight": config.rank_cls_weight,
+                  "rank_mem_weight": config.rank_mem_weight,
                   **{f"train_{k}": v / max(n_posts, 1) for k, v in sums.items()},
                   "valid_loss": val_loss, **{f"valid_{k}": val_metrics[k] for k in ("f1@1", "f1@3", "map@5")},
                   "lr": optimizer.param_groups[0]["lr"], "train_cpu_s": train_cpu, "train_wall_s": train_wall,

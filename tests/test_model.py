@@ -215,36 +215,44 @@ def test_fused_vector_is_standardised_across_posts(data_dir):
                           model.fusion({"text": (memory[:1], mask[:1])})[0])    # eval: no batch dependence
 
 
-def test_unified_ranking_mixes_log_scores_over_both_lists():
+def test_unified_ranking_mixes_normalised_beam_scores_with_label_probabilities():
     from model.beam import rank
     gen = [("a", -1.0, -0.5), ("b", -3.0, -1.0), ("c", -4.0, -2.0)]        # (kp, summed, normalised log P)
     cls = [("b", 0.5), ("d", 0.3), ("a", 0.01)]                             # (kp, probability), best first
-    assert rank((gen, cls), "generator", 0.3, 10) == ["a", "b", "c"]
-    assert rank((gen, cls), "classifier", 0.3, 2) == ["b", "d"]
-    assert rank((gen, cls), "unified", 0.0, 10) == ["a", "b", "c", "d"]     # lam 0 keeps the beam's order
-    # lam 0.5: b -0.5 - 0.5 ln2 = -0.847; a -0.25 + 0.5 ln .01 = -2.553; d (gen floor -2) -1 + 0.5 ln .3 = -1.602;
-    # c -1 + 0.5 ln .01 (classifier floor) = -3.303
-    assert rank((gen, cls), "unified", 0.5, 10) == ["b", "d", "a", "c"]
-    assert rank((gen, cls), "unified", 0.5, 2) == ["b", "d"]
-    assert rank((gen, []), "unified", 0.5, 10) == ["a", "b", "c"]
-    assert rank(([], cls), "unified", 0.5, 10) == ["b", "d", "a"]
+    mem = [("e", 0.6), ("c", 0.4)]
+    assert rank((gen, cls, mem), "generator", 0.3, 1.0, 10) == ["a", "b", "c"]
+    assert rank((gen, cls, mem), "classifier", 0.3, 1.0, 2) == ["b", "d"]
+    # weights 0 keep the beam's order; the labels only the other sides listed follow
+    assert rank((gen, cls, mem), "unified", 0.0, 0.0, 10) == ["a", "b", "c", "d", "e"]
+    # q_gen = softmax(-0.5, -1, -2) = (.5465, .3315, .1220)
+    # cls 0.5: a .5515, b .5815, c .1220, d .15 -> b a d c
+    assert rank((gen, cls, None), "unified", 0.5, 0.0, 10) == ["b", "a", "d", "c"]
+    # + mem 1.0: a .5515, b .5815, c .5220, d .15, e .6 -> e b a c d
+    assert rank((gen, cls, mem), "unified", 0.5, 1.0, 10) == ["e", "b", "a", "c", "d"]
+    assert rank((gen, cls, mem), "unified", 0.5, 1.0, 2) == ["e", "b"]
+    assert rank((gen, [], None), "unified", 0.5, 1.0, 10) == ["a", "b", "c"]
+    assert rank(([], cls, mem), "unified", 0.5, 1.0, 10) == ["e", "c", "b", "d", "a"]
 
 
-def test_classifier_candidates_cover_the_generator_hypotheses(data_dir):
+def test_label_candidates_cover_the_generator_hypotheses(data_dir):
     from model.beam import candidates_batch
+    from model.memory import KeyphraseMemory
     config = dataclasses.replace(CONFIGS["gen-cls-m3h-att"], **TINY, n_best=2)
-    model, _, batch = build(data_dir, config)
+    model, dataset, batch = build(data_dir, config)
+    model.memory = KeyphraseMemory.build(dataset.examples, len(model.vocabs.words), k=2, power=2.0)
     model.eval()
     labels = model.vocabs.labels
-    probs = model.encode(batch).cls_logits.softmax(-1)
-    for b, (gen, cls) in enumerate(candidates_batch(model, batch)):
-        cls_kps = [kp for kp, _ in cls]
-        assert [p for _, p in cls] == sorted((p for _, p in cls), reverse=True)
-        assert {kp for kp, _, _ in gen if labels.index.get(kp, 0)} <= set(cls_kps)
-        top2 = probs[b, 1:].topk(2).indices + 1
-        assert cls_kps[:2] == [labels.words[i] for i in top2.tolist()]
-        for kp, p in cls:
-            assert p == pytest.approx(probs[b, labels.index[kp]].item())
+    probs = {"cls": model.encode(batch).cls_logits.softmax(-1),
+             "mem": model.memory.label_distribution(batch.src, batch.attrs, len(labels))}
+    for b, (gen, *sides) in enumerate(candidates_batch(model, batch)):
+        for name, side in zip(("cls", "mem"), sides):
+            kps = [kp for kp, _ in side]
+            assert [p for _, p in side] == sorted((p for _, p in side), reverse=True)
+            assert {kp for kp, _, _ in gen if labels.index.get(kp, 0)} <= set(kps)
+            top2 = probs[name][b, 1:].topk(2)
+            assert [p for _, p in side[:2]] == pytest.approx(top2.values.tolist())
+            for kp, p in side:
+                assert p == pytest.approx(probs[name][b, labels.index[kp]].item())
 
 
 def test_all_named_configs_build_and_run(tmp_path):
