@@ -431,11 +431,34 @@ class WordStats:
         self.corpus_unigrams, self.corpus_bigrams = count_words(texts)
         self.lexicon_unigrams, self.lexicon_bigrams = count_words(keyphrases)
         self.learned = dict(learned)
-        # log10 of each source's total: an add-half estimate is log10(count + 0.5) - this
+        # log10 of each count source's total (wordfreq's frequencies sum to about 1)
         self.log10_totals = [math.log10(sum(table.values()) + 1)
                              for table in (self.web_unigrams, self.corpus_unigrams, self.lexicon_unigrams)]
 
+    @staticmethod
+    def log10_probability(word: str, table: Mapping[str, float], log10_total: float,
+                          log10_unknown_total: float) -> float:
+        """log10 P(word) in one source: count / total, or for a word it lacks ekphrasis's unknown-word estimate
+        10 / (total x 10^len), so that gluing letters into a longer unknown word costs more."""
+        count = table.get(word)
+        return math.log10(count) - log10_total if count else 1 - log10_unknown_total - len(word)
 
+    @classmethod
+    def log10_sequence_probability(cls, words: list[str], unigrams: Mapping[str, int], bigrams: Mapping[str, int],
+                                   log10_total: float) -> float:
+        """log10 P(words) in one count source as ekphrasis scores a segmentation: P(word | previous word) =
+        count(pair) / count(previous) where the pair was seen, else P(word)."""
+        logp = cls.log10_probability(words[0], unigrams, log10_total, log10_total)
+        for previous, word in zip(words, words[1:]):
+            pair = bigrams.get(previous + NGRAM_SEP + word)
+            logp += (math.log10(pair / unigrams[previous]) if pair
+                     else cls.log10_probability(word, unigrams, log10_total, log10_total))
+        return logp
+
+
+# wordfreq's frequencies are shares (they sum to about 1); its smallest is about 1e-8: unknown words are estimated as
+# if it were counts over 1e8 words
+WORDFREQ_LOG10_TOTAL = 8.0
 # one name per feature, in the order `candidate_features` returns them
 FEATURES = ("search log10 P", "words", "lone letters", "lone a or i", "letter-digit cuts", "unknown words",
             "web log10 P", "wordfreq log10 P", "corpus log10 P", "lexicon log10 P", "lexicon words", "lexicon pairs",
@@ -459,7 +482,7 @@ def candidate_features(words: list[str], logp: float, rank: int, known: Mapping[
         position += len(word)
         letter_digit_cuts += text[position - 1].isdigit() != text[position].isdigit()
     web_total, corpus_total, lexicon_total = stats.log10_totals
-    learned = stats.learned
+    learned, log10_probability = stats.learned, stats.log10_probability
     return [
         logp,
         len(words),
@@ -467,10 +490,10 @@ def candidate_features(words: list[str], logp: float, rank: int, known: Mapping[
         sum(word in ("a", "i") for word in words),
         letter_digit_cuts,
         sum(word not in known for word in words),
-        sum(math.log10(stats.web_unigrams.get(word, 0) + 0.5) - web_total for word in words),
-        sum(math.log10(stats.frequencies.get(word, 0) + 1e-9) for word in words),
-        sum(math.log10(stats.corpus_unigrams.get(word, 0) + 0.5) - corpus_total for word in words),
-        sum(math.log10(stats.lexicon_unigrams.get(word, 0) + 0.5) - lexicon_total for word in words),
+        sum(log10_probability(word, stats.web_unigrams, web_total, web_total) for word in words),
+        sum(log10_probability(word, stats.frequencies, 0.0, WORDFREQ_LOG10_TOTAL) for word in words),
+        stats.log10_sequence_probability(words, stats.corpus_unigrams, stats.corpus_bigrams, corpus_total),
+        stats.log10_sequence_probability(words, stats.lexicon_unigrams, stats.lexicon_bigrams, lexicon_total),
         sum(word in stats.lexicon_unigrams for word in words),
         sum(pair in stats.lexicon_bigrams for pair in pairs),
         sum(pair in stats.corpus_bigrams for pair in pairs),
