@@ -73,6 +73,10 @@ METHODS = {
     # the manual list is hand-curated, not fitted; this row shows how much of ours it accounts for
     "ours without the manual list": lambda train, home: build_segmenter(stats_from=[train], learn_from=[train],
                                                                         mappings=()).segment,
+    # the search's best where the reranker would choose among its candidates: what the reranker adds
+    "ours without the reranker": lambda train, home: build_segmenter(stats_from=[train], learn_from=[train],
+                                                                     mappings=[default_mapping_file()],
+                                                                     rerank=False).segment,
     "ours (full method)": lambda train, home: build_segmenter(stats_from=[train], learn_from=[train],
                                                               mappings=[default_mapping_file()]).segment,
 }
@@ -116,15 +120,16 @@ def main() -> int:
                 segment = make(train, Path(tmp) / f"home-{fold}-{list(METHODS).index(name)}")
                 build_s = time.perf_counter() - start
                 unique_acc, instance_acc, rate, errors = score(segment, scored)
-                results[name].append((unique_acc, instance_acc, rate, build_s))
+                results[name].append((unique_acc, instance_acc, rate, build_s, len(errors), len(set(scored))))
                 if name.startswith("ours") and args.show_errors:
                     for expected, got in errors[:args.show_errors]:
                         print(f"fold {fold}: {expected!r:40} got {got!r}")
     print(f"{len(posts)} posts, 2-fold CV by line index parity; exact match, mean of the folds")
-    print(f"{'method':32} {'unique':>8} {'instance':>9} {'hashtags/s':>11} {'build s':>8}")
+    print(f"{'method':32} {'unique':>8} {'instance':>9} {'hashtags/s':>11} {'build s':>8}  unique errors per fold")
     for name, rows in results.items():
-        mean = [sum(column) / len(rows) for column in zip(*rows)]
-        print(f"{name:32} {mean[0]:8.2%} {mean[1]:9.2%} {mean[2]:11.0f} {mean[3]:8.2f}")
+        mean = [sum(column) / len(rows) for column in list(zip(*rows))[:4]]
+        per_fold = " / ".join(f"{row[4]} of {row[5]}" for row in rows)
+        print(f"{name:32} {mean[0]:8.2%} {mean[1]:9.2%} {mean[2]:11.0f} {mean[3]:8.2f}  {per_fold}")
     return 0
 
 

@@ -17,9 +17,14 @@ and digit runs are never cut.
 
 Order of precedence for one hashtag: the manual mapping list (`data/hashtag_segmentation.tsv`, curated by hand)
 always wins, then learned mappings (keyphrases seen segmented in a `--learn-from` corpus), then the Viterbi
-search, run separately on each CamelCase part where the hashtag has mixed case. The list is read from the checkout
-(`data/`, also what an editable install sees) or, in an installed package, from `<prefix>/share/cmkp/`, where
-setup.cfg's `[options.data_files]` puts it (`default_mapping_file`).
+search, run separately on each CamelCase part where the hashtag has mixed case. With segmented keyphrases to learn
+from, a reranker chooses among the search's 10 best segmentations instead of taking the best: a linear scorer over
+features the search's fixed mix cannot express (each count source on its own, lone letters, digits cut from
+letters, what the learned mappings say about the parts), trained on those keyphrases K-fold so that no example
+sees its own label (`reranker_examples`).
+
+The mapping list is read from the checkout (`data/`, also what an editable install sees) or, in an installed
+package, from `<prefix>/share/cmkp/`, where setup.cfg's `[options.data_files]` puts it (`default_mapping_file`).
 """
 from __future__ import annotations
 
@@ -337,6 +342,14 @@ def _ekphrasis_segmenter_class():
                 return max(unknown, self.number_factor * number_frequency(key))
             return unknown
 
+        def last_end(self, text, i):
+            """The furthest end of a word that starts at i: max_split_length on, but a run of digits is never cut,
+            so one longer than that is a word of its own."""
+            end = min(len(text), i + self.L)
+            while end < len(text) and text[end - 1].isdigit() and text[end].isdigit():
+                end += 1
+            return end
+
         def find_segment(self, text, prev="<S>"):
             """(log10 P(words), words) of the best segmentation of text, scored as ekphrasis's `condProbWord`
             scores it, never cutting between two digits.
@@ -354,7 +367,7 @@ def _ekphrasis_segmenter_class():
             for i in range(n - 1, -1, -1):
                 # (first word, log10 P of the best rest after it, end) for each allowed end j
                 options = []
-                for j in range(i + 1, min(n, i + self.L) + 1):
+                for j in range(i + 1, self.last_end(text, i) + 1):
                     if j < n and text[j - 1].isdigit() and text[j].isdigit():
                         continue
                     first = text[i:j]
@@ -402,7 +415,7 @@ def _ekphrasis_segmenter_class():
                 # (context count or None, ...) once per hypothesis: only contexts that start a bigram re-score
                 contexts = [(logp, words, self.Pw.get(context) if context in self.bigram_firsts else None, context)
                             for logp, words, context in hypotheses]
-                for j in range(i + 1, min(n, i + self.L) + 1):
+                for j in range(i + 1, self.last_end(text, i) + 1):
                     if j < n and text[j - 1].isdigit() and text[j].isdigit():
                         continue
                     word = text[i:j]
@@ -471,8 +484,8 @@ def candidate_features(words: list[str], logp: float, rank: int, known: Mapping[
     """The features of one candidate segmentation: its words, its log10 P and rank in the search, `known` the
     search's unigram table.
 
-    Each count source separately (web, wordfreq, corpus, keyphrase lexicon) as add-half log10 probabilities and
-    word-pair hits, so that learned weights can mix them unlike the search's fixed shares; the labels' conventions
+    Each count source separately (web, wordfreq, corpus, keyphrase lexicon) as log10 probabilities and word-pair
+    hits, so that learned weights can mix them unlike the search's fixed shares; the labels' conventions
     that no count expresses (lone letters, digits cut from letters, short words); and what the learned mappings say
     about the candidate's parts (a word the training keyphrases split, two words they glue)."""
     text = "".join(words)
@@ -555,16 +568,21 @@ class Reranker:
         return cls(weights, mean, scale)
 
 
-def reranker_training_lists(texts: list[str], keyphrases: list[str], posts: list[tuple[str, list[str]]],
-                            overridden: Iterable[str], config: SegmenterConfig) -> list[tuple[list[list[float]], int]]:
-    """(candidates' features, index of the label) for the keyphrases of `posts`, K-fold so that no example sees
-    its own label: the posts are split into `config.rerank_folds` parts by line index, and the keyphrases of each
-    part are segmented with statistics and learned mappings built from `texts`, `keyphrases` and the other parts
-    only. Like at inference, only keys that reach the search are examples: not those the other parts' learned
-    mappings or the `overridden` keys (the manual list) answer. Lists where the label is not among the candidates
-    (or there is one candidate) teach nothing and are left out."""
+def reranker_examples(texts: list[str], keyphrases: list[str], posts: list[tuple[str, list[str]]],
+                      overridden: Iterable[str], config: SegmenterConfig
+                      ) -> tuple[list[tuple[str, list[list[float]], int]], Counter]:
+    """Training examples for the reranker from the segmented keyphrases of `posts`, K-fold so that no example sees
+    its own label: the posts are split into `config.rerank_folds` parts by line index, and each part's keys are
+    searched with statistics and learned mappings built from `texts`, `keyphrases` and the other parts only.
+
+    Returns (examples, skipped): an example is (key, its candidates' features, index of the label among them);
+    skipped counts the held-out keys that are not examples, by reason. Like at inference, only keys that reach the
+    search are examples (not those the other parts' learned mappings or the `overridden` manual keys answer), and
+    a key whose label is not among the candidates, or with one candidate, teaches nothing. Examples + skipped =
+    the distinct keys of each part, summed over the parts.
+    """
     overridden = set(overridden)
-    lists = []
+    examples, skipped = [], Counter()
     for fold in range(config.rerank_folds):
         inside = [post for index, post in enumerate(posts) if index % config.rerank_folds != fold]
         held_out = [post for index, post in enumerate(posts) if index % config.rerank_folds == fold]
@@ -576,14 +594,22 @@ def reranker_training_lists(texts: list[str], keyphrases: list[str], posts: list
         stats = WordStats(fold_texts, fold_keyphrases, learned)
         held_out_labels = learn_mappings(keyphrase for _, post_keyphrases in held_out for keyphrase in post_keyphrases)
         for key, label in held_out_labels.items():
-            if key in learned or key in overridden or not key.isascii():
+            if key in learned or key in overridden:
+                skipped["answered by a mapping"] += 1
+                continue
+            if not key.isascii():
+                skipped["not ASCII (never searched)"] += 1
                 continue
             candidates = viterbi.candidates(key, config.candidates)
             index = next((rank for rank, (_, words) in enumerate(candidates) if " ".join(words) == label), None)
-            if index is not None and len(candidates) > 1:
-                lists.append(([candidate_features(words, logp, rank, viterbi.Pw, stats)
-                               for rank, (logp, words) in enumerate(candidates)], index))
-    return lists
+            if index is None:
+                skipped["label not among the candidates"] += 1
+            elif len(candidates) == 1:
+                skipped["one candidate"] += 1
+            else:
+                examples.append((key, [candidate_features(words, logp, rank, viterbi.Pw, stats)
+                                       for rank, (logp, words) in enumerate(candidates)], index))
+    return examples, skipped
 
 
 class HashtagSegmenter:
@@ -633,7 +659,7 @@ def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str |
     mappings: TSV files of hand-curated entries; they win over everything (later files over earlier ones).
         None: the project's own list (`default_mapping_file()`); () for none.
     rerank: choose among the search's candidates with a reranker trained on the learn-from keyphrases
-        (`reranker_training_lists`); None: whenever learn_from gives it `config.rerank_min_examples` examples.
+        (`reranker_examples`); None: whenever learn_from gives it `config.rerank_min_examples` examples.
         The learn-from files then also join the statistics (texts and keyphrases), the way the training folds saw
         them.
     """
@@ -658,13 +684,12 @@ def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str |
 
     reranker = stats = None
     if rerank:
-        lists = reranker_training_lists(texts, keyphrases, learn_posts, manual, config)
-        if len(lists) >= config.rerank_min_examples:
-            reranker = Reranker.fit(lists, config.rerank_l2)
+        examples, skipped = reranker_examples(texts, keyphrases, learn_posts, manual, config)
+        if len(examples) >= config.rerank_min_examples:
+            reranker = Reranker.fit([(features, index) for _, features, index in examples], config.rerank_l2)
         elif rerank_asked:
-            raise ValueError(f"the learn-from keyphrases give the reranker {len(lists)} examples, fewer than "
-                             f"{config.rerank_min_examples} (an example needs its label among several candidates "
-                             "of the search, and a key the other folds' learned mappings do not answer)")
+            raise ValueError(f"the learn-from keyphrases give the reranker {len(examples)} examples, fewer than "
+                             f"{config.rerank_min_examples}; keys left out: {dict(skipped)}")
         texts += [text for text, _ in learn_posts]
         keyphrases += [keyphrase for _, post_keyphrases in learn_posts for keyphrase in post_keyphrases]
         stats = WordStats(texts, keyphrases, learned)
@@ -684,10 +709,13 @@ def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str |
               help="CMKP *_src.txt whose segmented keyphrases become mapping entries.")
 @click.option("--mapping", "mapping_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="TSV of hashtag<TAB>segmentation, applied after the project's own list.")
-def main(stats_from, learn_from, mapping_files):
+@click.option("--rerank/--no-rerank", default=None,
+              help="Choose among the search's candidates with a reranker trained on the --learn-from keyphrases "
+                   "(default: whenever they give it enough examples).")
+def main(stats_from, learn_from, mapping_files, rerank):
     """Segment hashtags read one per line on stdin (`#` optional, any case); one segmentation per line out."""
     segmenter = build_segmenter(stats_from=stats_from, learn_from=learn_from,
-                                mappings=(default_mapping_file(), *mapping_files))
+                                mappings=(default_mapping_file(), *mapping_files), rerank=rerank)
     for line in sys.stdin:
         sys.stdout.write(segmenter.segment(line.strip()) + "\n")
 

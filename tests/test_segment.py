@@ -13,8 +13,9 @@ import pip as pip_module
 import pytest
 from click.testing import CliRunner
 
-from pipeline.segment import (MAPPING_FILE_NAME, SegmenterConfig, build_segmenter, default_mapping_file, learn_mappings,
-                              main, mixed_counts, read_mapping_file, web_counts)
+from pipeline.segment import (FEATURES, MAPPING_FILE_NAME, SegmenterConfig, WordStats, build_segmenter,
+                              candidate_features, default_mapping_file, learn_mappings, main, mixed_counts,
+                              read_mapping_file, reranker_examples, web_counts)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -251,3 +252,112 @@ def test_installed_wheel_finds_its_mapping_list(tmp_path):
     assert Path(module_file).is_relative_to(env_site)
     assert Path(mapping_file) == env / "share" / "cmkp" / MAPPING_FILE_NAME
     assert Path(mapping_file).read_bytes() == (REPO / "data" / MAPPING_FILE_NAME).read_bytes()
+
+
+def test_candidates_are_the_best_segmentations_best_first(segmenter):
+    viterbi = segmenter.viterbi
+    for text in [*KNOWN, "savehakeem", "toystory4", "ff14", "a1b2c3", "x"]:
+        candidates = viterbi.candidates(text, 10)
+        logp, words = viterbi.find_segment(text)
+        assert candidates[0][1] == words and candidates[0][0] == pytest.approx(logp, abs=1e-9), text
+        scores = [score for score, _ in candidates]
+        assert scores == sorted(scores, reverse=True) and 1 <= len(candidates) <= 10
+        splits = [tuple(words) for _, words in candidates]
+        assert len(set(splits)) == len(splits)
+        assert all("".join(words) == text for words in splits)
+    assert len(viterbi.candidates("worldbookday", 10)) == 10
+    # no candidate cuts a run of digits
+    for text in ("ff14", "route66north", "2019worldcup"):
+        for _, words in viterbi.candidates(text, 10):
+            assert not any(first[-1].isdigit() and second[0].isdigit() for first, second in zip(words, words[1:]))
+
+
+def test_a_digit_run_longer_than_a_word_is_kept_whole(segmenter):
+    digits = "1234567890" * 3  # longer than max_split_length (20)
+    assert segmenter.segment(digits) == digits
+    assert segmenter.segment(f"#Top{digits}") == f"top {digits}"
+    assert segmenter.viterbi.candidates(digits, 5) == [(pytest.approx(segmenter.viterbi.find_segment(digits)[0]),
+                                                        [digits])]
+
+
+def test_candidate_features(segmenter):
+    stats = WordStats(["my cat s are here", "cat s"], ["cat s", "new york", "newyork"],
+                      learned={"bookday": "book day", "catlover": "catlover"})
+    features = dict(zip(FEATURES, candidate_features(["cat", "lover", "s", "i", "book", "day", "2", "a"], -30.0, 0,
+                                                     segmenter.viterbi.Pw, stats)))
+    assert features["search log10 P"] == -30.0 and features["search's best"] == 1
+    assert features["words"] == 8
+    assert features["lone letters"] == 1  # `s`; `a`, `i` are words and counted apart, `2` is a number
+    assert features["lone a or i"] == 2
+    assert features["letter-digit cuts"] == 2  # day|2, 2|a
+    assert features["lexicon words"] == 2 and features["lexicon pairs"] == 0  # cat, s; cat_lover never seen
+    assert features["corpus pairs"] == 0
+    assert features["learned keys split"] == 0  # no word of this candidate is a key the training keyphrases split
+    assert features["learned pairs glued"] == 1  # cat + lover: the training keyphrases glue `catlover`
+    split = dict(zip(FEATURES, candidate_features(["bookday"], -9.0, 3, segmenter.viterbi.Pw, stats)))
+    assert split["learned keys split"] == 1 and split["search's best"] == 0 and split["longest word share"] == 1
+    # an unknown word costs more the longer it is, in every source
+    short, long = (candidate_features([word], -9.0, 1, segmenter.viterbi.Pw, stats)
+                   for word in ("qzx", "qzxqzx"))
+    for source in ("web log10 P", "wordfreq log10 P", "corpus log10 P", "lexicon log10 P"):
+        index = FEATURES.index(source)
+        assert long[index] == pytest.approx(short[index] - 3), source
+
+
+# a labelling convention the statistics do not follow: plurals with their `s` split off (the search keeps lone
+# letters rare on purpose, so it says `cats`)
+NOUNS = ("cat dog book tree car house bird flower star game song movie friend girl boy dream heart road ship river "
+         "lake cloud rock hill farm horse apple cake shoe coat bike train plane phone card gift toy ball lamp door "
+         "chair table bag hat cup plate spoon fork knife glass bottle candle clock photo poem story letter map "
+         "key coin stone wave").split()
+
+
+@pytest.fixture
+def plural_convention(tmp_path):
+    path = tmp_path / "plurals_src.txt"
+    path.write_text("".join(f"we love our {noun} so much<sep>{noun} s<sep>https://example.org/{i}.jpg\n"
+                            for i, noun in enumerate(NOUNS)), encoding="utf-8")
+    return path
+
+
+def test_reranker_learns_the_labelled_convention(plural_convention):
+    config = SegmenterConfig(rerank_min_examples=20)
+    unseen = ["elephants", "windows", "gardens", "mountains"]
+    search = build_segmenter(stats_from=[plural_convention], learn_from=[plural_convention], mappings=(),
+                             config=config, rerank=False)
+    assert [search.segment(hashtag) for hashtag in unseen] == unseen
+    reranked = build_segmenter(learn_from=[plural_convention], mappings=(), config=config)
+    assert reranked.reranker is not None
+    assert [reranked.segment(hashtag) for hashtag in unseen] == [hashtag[:-1] + " s" for hashtag in unseen]
+    assert reranked.segment("cats") == "cat s"  # a learned mapping
+    assert [reranked.segment(hashtag[:-1]) for hashtag in unseen] == [hashtag[:-1] for hashtag in unseen]
+
+
+def test_reranker_examples_never_see_their_own_label(plural_convention):
+    posts = [(f"post {i}", [f"{noun} s"]) for i, noun in enumerate(NOUNS)]
+    posts += [("a walk in the park", ["dinosaur park"]), ("again", ["cat s"])]
+    config = SegmenterConfig()
+    examples, skipped = reranker_examples([], [], posts, ["dog"], config)
+    keys = [key for key, _, _ in examples]
+    assert len(keys) == len(set(keys))
+    # `cats` is labelled in both folds (posts 0 and 61): the other fold's learned mapping answers it, no example
+    assert "cats" not in keys and "dogs" in keys
+    # every distinct key of each fold is an example or skipped with a reason
+    assert len(examples) + sum(skipped.values()) == len(NOUNS) + 1 + 1
+    assert skipped["answered by a mapping"] == 2  # cats, in each fold
+    _, features, index = next(example for example in examples if example[0] == "dinosaurpark")
+    label = dict(zip(FEATURES, features[index]))
+    # its own keyphrase is not in the lexicon it is scored with: neither word nor the pair was counted
+    assert label["lexicon words"] == 0 and label["lexicon pairs"] == 0
+    _, features, index = next(example for example in examples if example[0] == "dogs")
+    assert dict(zip(FEATURES, features[index]))["lexicon words"] == 1  # `s`, from the other fold's plurals
+
+
+def test_rerank_needs_enough_examples(cmkp_src):
+    with pytest.raises(ValueError, match=r"gives? the reranker \d+ examples, fewer than 100"):
+        build_segmenter(learn_from=[cmkp_src], mappings=(), rerank=True)
+    assert build_segmenter(learn_from=[cmkp_src], mappings=()).reranker is None  # by default: the search alone
+    result = CliRunner().invoke(main, ["--learn-from", str(cmkp_src), "--rerank"], input="goteam\n")
+    assert result.exit_code != 0 and "fewer than 100" in str(result.exception)
+    result = CliRunner().invoke(main, ["--learn-from", str(cmkp_src), "--no-rerank"], input="goteam\n")
+    assert result.output == "go team\n"
