@@ -521,8 +521,24 @@ def candidate_features(words: list[str], logp: float, rank: int, known: Mapping[
     ]
 
 
+# each count source's evidence on its own: its log10 P and its word pairs seen
+VOTING_FEATURES = ("web log10 P", "wordfreq log10 P", "corpus log10 P", "lexicon log10 P", "web pairs",
+                   "corpus pairs", "lexicon pairs")
+
+
+def with_source_votes(features):
+    """A candidate list's features [candidates, FEATURES] with one column more per VOTING_FEATURES: 1 where the
+    candidate has that feature's highest value in the list (ties all vote). Whether the sources agree on a
+    candidate is a property of the list, which no weighted sum of one candidate's own features can express."""
+    import numpy as np
+
+    columns = features[:, [FEATURES.index(name) for name in VOTING_FEATURES]]
+    return np.hstack([features, columns >= columns.max(0) - 1e-9])
+
+
 class Reranker:
-    """A linear scorer over `candidate_features` (standardised): the candidate with the highest score wins."""
+    """A linear scorer over `candidate_features` and the sources' votes (`with_source_votes`), standardised: the
+    candidate with the highest score wins."""
 
     def __init__(self, weights, mean, scale):
         self.weights, self.mean, self.scale = weights, mean, scale
@@ -531,8 +547,8 @@ class Reranker:
                stats: WordStats) -> list[str]:
         import numpy as np
 
-        features = np.array([candidate_features(words, logp, rank, known, stats)
-                             for rank, (logp, words) in enumerate(candidates)])
+        features = with_source_votes(np.array([candidate_features(words, logp, rank, known, stats)
+                                               for rank, (logp, words) in enumerate(candidates)]))
         return candidates[int(np.argmax(((features - self.mean) / self.scale) @ self.weights))][1]
 
     @classmethod
@@ -542,12 +558,12 @@ class Reranker:
         import numpy as np
 
         size = max(len(features) for features, _ in lists)
-        width = len(lists[0][0][0])
+        width = len(lists[0][0][0]) + len(VOTING_FEATURES)
         x = np.zeros((len(lists), size, width))
         valid = np.zeros((len(lists), size), dtype=bool)
         gold = np.array([index for _, index in lists])
         for row, (features, _) in enumerate(lists):
-            x[row, :len(features)] = features
+            x[row, :len(features)] = with_source_votes(np.array(features))
             valid[row, :len(features)] = True
         mean = x[valid].mean(0)
         scale = x[valid].std(0)

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.segment import (FEATURES, MAPPING_FILE_NAME, SegmenterConfig, WordStats, build_segmenter,
-                              candidate_features, default_mapping_file, learn_mappings, main, mixed_counts,
-                              read_mapping_file, reranker_examples, web_counts)
+                              VOTING_FEATURES, candidate_features, default_mapping_file, learn_mappings, main,
+                              mixed_counts, read_mapping_file, reranker_examples, web_counts, with_source_votes)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -302,6 +302,22 @@ def test_candidate_features(segmenter):
     for source in ("web log10 P", "wordfreq log10 P", "corpus log10 P", "lexicon log10 P"):
         index = FEATURES.index(source)
         assert long[index] == pytest.approx(short[index] - 3), source
+
+
+def test_source_votes_mark_each_sources_favourite():
+    import numpy as np
+
+    features = np.zeros((3, len(FEATURES)))
+    web, lexicon_pairs = FEATURES.index("web log10 P"), FEATURES.index("lexicon pairs")
+    features[:, web] = [-12.0, -9.5, -11.0]
+    features[:, lexicon_pairs] = [1, 0, 1]
+    voted = with_source_votes(features)
+    assert voted.shape == (3, len(FEATURES) + len(VOTING_FEATURES))
+    assert (voted[:, :len(FEATURES)] == features).all()
+    votes = dict(zip(VOTING_FEATURES, voted[:, len(FEATURES):].T.tolist()))
+    assert votes["web log10 P"] == [0, 1, 0]
+    assert votes["lexicon pairs"] == [1, 0, 1]  # a tie: both vote
+    assert votes["corpus log10 P"] == [1, 1, 1]  # all equal: no candidate stands out
 
 
 # a labelling convention the statistics do not follow: plurals with their `s` split off (the search keeps lone
