@@ -401,8 +401,9 @@ def _ekphrasis_segmenter_class():
             and the same no-cut rule for digits as `find_segment`.
 
             A beam over end positions: the segmentations of text[:i] are complete when i is reached, so each position
-            keeps its `size` best before extending them by one word. Exact for the best one whenever it is not
-            pruned on the way (it always is found on this benchmark's inputs; `find_segment` stays the reference).
+            keeps its `size` best before extending them by one word. A beam could in principle prune the prefix of
+            the best segmentation; on the benchmark's 1,488 searched inputs the first candidate was `find_segment`'s
+            answer every time (the tests compare the two).
             """
             n = len(text)
             beams: list[list] = [[] for _ in range(n + 1)]
