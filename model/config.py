@@ -76,7 +76,6 @@ class ModelConfig:
     memory: bool = True
     memory_k: int = 20               # nearest training posts that vote
     memory_power: float = 2.0        # a neighbour's vote is its similarity to this power
-    memory_aggregation: float = 0.0  # the memory's share of Eq. 11's label distribution (0: the classifier's alone)
 
     def __post_init__(self):
         choices = {"vision": ("vgg", "butd", "none"), "fusion": ("pool", "text-query", "both"),

@@ -65,17 +65,13 @@ class KeyphraseMemory:
         x = torch.where(counts > 0, 1 + counts.clamp(min=1).log(), counts) * self.idf
         return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
-    def label_distribution(self, src: torch.Tensor, attrs: torch.Tensor, n_labels: int,
-                           exclude: torch.Tensor | None = None) -> torch.Tensor:
+    def label_distribution(self, src: torch.Tensor, attrs: torch.Tensor, n_labels: int) -> torch.Tensor:
         """p_mem [B, n_labels] for word ids [B, L] and attribute word ids [B, A]; rows sum to 1, or to 0 where
-        no neighbour shares a word or carries a label. `exclude` [B]: the memory row each post may not
-        retrieve: itself, when training posts are queried (leave-one-out, else a post votes for its own labels)."""
+        no neighbour shares a word or carries a label."""
         sim = torch.sparse.mm(self.keys, self.vectors(src, attrs).T).T          # [B, N] cosine similarities
-        if exclude is not None:
-            sim[torch.arange(len(exclude), device=sim.device), exclude] = -1.0  # below every real neighbour
         top = sim.topk(min(self.k, sim.shape[1]), dim=1)                         # [B, K]
         labels = self.labels[top.indices]                                        # [B, K, M]
-        weight = top.values.clamp(min=0).pow(self.power).unsqueeze(-1).expand_as(labels) * (labels > 0)
+        weight = top.values.pow(self.power).unsqueeze(-1).expand_as(labels) * (labels > 0)
         dist = torch.zeros(src.shape[0], n_labels, device=src.device)
         dist.scatter_add_(1, labels.flatten(1), weight.flatten(1))
         dist[:, 0] = 0.0                                                          # label 0: not a keyphrase

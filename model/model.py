@@ -233,8 +233,7 @@ class KeyphraseModel(nn.Module):
             self.register_buffer("gen_to_word", torch.tensor(vocabs.gen_to_word), persistent=False)
 
     # ---------------------------------------------------------------------------------------------- encoder
-    def encode(self, batch: Batch, memory_exclude: torch.Tensor | None = None) -> Encoded:
-        """memory_exclude [B]: each post's own row of the keyphrase memory, when the batch is of training posts."""
+    def encode(self, batch: Batch) -> Encoded:
         c = self.config
         feats, memory = {}, None
         src_mask = batch.src != PAD                                        # [B, L]
@@ -254,29 +253,24 @@ class KeyphraseModel(nn.Module):
             feats["attributes"] = (self.attr_proj(self.emb_drop(self.embedding(batch.attrs))), batch.attrs != PAD)
         fuse = self.fuse_drop(self.fusion(feats))                          # [B, H]
         cls_logits = agg_ids = agg_probs = mem_probs = None
-        if self.memory is not None and (not self.training or c.memory_aggregation > 0):   # ranking or Eq. 11
-            mem_probs = self.memory.label_distribution(batch.src, batch.attrs, len(self.vocabs.labels), memory_exclude)
+        if self.memory is not None and not self.training:      # for the ranking only: training never reads it
+            mem_probs = self.memory.label_distribution(batch.src, batch.attrs, len(self.vocabs.labels))
         if c.classifier:
             # Without joint training the classifier learns on its own and does not shape the shared encoder.
             cls_in = fuse if c.joint_training or not c.generator else fuse.detach()
             cls_logits = self.classifier(cls_in)
             if c.aggregate:
-                agg_scores = cls_logits
-                if mem_probs is not None and c.memory_aggregation > 0:
-                    # Eq. 11's labels from the classifier and the memory: log of their mixture as the scores
-                    rho = c.memory_aggregation
-                    agg_scores = ((1 - rho) * cls_logits.softmax(-1) + rho * mem_probs).clamp(min=1e-12).log()
-                agg_ids, agg_probs = self.label_word_distribution(agg_scores)
+                agg_ids, agg_probs = self.label_word_distribution(cls_logits)
         if c.generator:
             keys = self.decoder.att_memory(memory)                        # W_m m_i, once per post
         return Encoded(memory, keys, src_mask, batch.src_ext, final,
                        fuse if (c.generator and c.fuse_into_decoder) else None, cls_logits, agg_ids, agg_probs,
                        mem_probs)
 
-    def label_word_distribution(self, label_scores: torch.Tensor):
+    def label_word_distribution(self, cls_logits: torch.Tensor):
         """Eq. 11's classifier copy distribution: the top-K labels' words, each word slot scored with its label's
-        score (logit), softmax over the slots -> (generator ids [B, K*W], probabilities [B, K*W])."""
-        top = label_scores.topk(min(self.config.agg_top_k, label_scores.shape[1]), dim=1)
+        logit, softmax over the slots -> (generator ids [B, K*W], probabilities [B, K*W])."""
+        top = cls_logits.topk(min(self.config.agg_top_k, cls_logits.shape[1]), dim=1)
         ids = self.label_words[top.indices]                                # [B, K, W]
         logits = top.values.unsqueeze(-1).expand_as(ids).masked_fill(ids == PAD, float("-inf"))
         # label 0 (<unk>, "some unseen keyphrase") has no words to copy: its slots are masked too
@@ -315,12 +309,11 @@ class KeyphraseModel(nn.Module):
         return dist.squeeze(1).clamp(min=1e-12).log(), state
 
     # ------------------------------------------------------------------------------------------------- loss
-    def forward(self, batch: Batch, memory_exclude: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Training losses: classification NLL per keyphrase with a known label (mean), generation NLL per
-        keyphrase (sum over its tokens, mean over keyphrases); loss = cls + gamma x gen (Eq. 12).
-        memory_exclude: as in `encode` (the trainer passes the training posts' rows)."""
+        keyphrase (sum over its tokens, mean over keyphrases); loss = cls + gamma x gen (Eq. 12)."""
         c = self.config
-        enc = self.encode(batch, memory_exclude)
+        enc = self.encode(batch)
         losses = {}
         total = 0.0
         if c.classifier:

@@ -208,7 +208,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
         bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch")
         for batch in bar:
             batch = batch.to(dev)
-            losses = model(batch, memory_exclude=batch.index if model.memory is not None else None)
+            losses = model(batch)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)

@@ -85,11 +85,3 @@ def test_chunked_build_and_checkpoint_state_give_the_same_memory():
     assert torch.equal(query(whole, posts, attrs), query(restored, posts, attrs))
     assert (restored.k, restored.power) == (2, 2.0)
 
-
-def test_leave_one_out_excludes_only_the_post_itself():
-    memory = KeyphraseMemory.build(TRAIN, N_WORDS, k=1, power=1.0)
-    posts = [[5, 6, 7], [9, 10]]
-    assert query(memory, posts)[:, 1:].tolist() == [[1, 0, 0], [0, 0, 1]]     # each finds itself
-    p = memory.label_distribution(pad_rows(posts), pad_rows([[], []]), 4, exclude=torch.tensor([0, 2]))
-    # post 0 without itself: its nearest is post 1 (labels 1 and 2); post 2 has no other neighbour: no vote
-    assert p.tolist() == [[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]]

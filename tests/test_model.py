@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -166,33 +165,6 @@ def test_copy_and_aggregation_distributions(data_dir):
         words = {w for label in top[row].tolist() if label for w in model.vocabs.label_gen_words[label]}
         mass_on_words = dist[row, :, sorted(words)].sum(-1)
         torch.testing.assert_close(mass_on_words, torch.ones(T))
-
-
-def test_memory_share_of_the_aggregation(data_dir):
-    from model.memory import KeyphraseMemory
-    config = ModelConfig(**TINY, memory_aggregation=1.0, agg_top_k=1)
-    model, dataset, batch = build(data_dir, config)
-    model.memory = KeyphraseMemory.build(dataset.examples, len(model.vocabs.words), k=1, power=1.0)
-    model.eval()
-    model.agg_weight = 1.0
-    enc = model.encode(batch)
-    N, T, V, L = batch.src.shape[0], 1, model.gen_size, batch.src.shape[1]
-    dist = model.output_distribution(torch.softmax(torch.randn(N, T, V), -1), torch.zeros(N, T, 1),
-                                     torch.softmax(torch.randn(N, T, L), -1), enc, batch.n_oov)
-    torch.testing.assert_close(dist.sum(-1), torch.ones(N, T))
-    # rho = 1, K = 1 and one nearest post (the post itself): all of Eq. 11's mass is on the words of the
-    # memory's top label (a post with two keyphrases has two, tied)
-    for row in range(N):
-        top = (enc.mem_probs[row] == enc.mem_probs[row].max()).nonzero().squeeze(1).tolist()
-        words = sorted({w for label in top for w in model.vocabs.label_gen_words[label]})
-        torch.testing.assert_close(dist[row, :, words].sum(-1), torch.ones(T))
-    # leave-one-out when training: a label that only the post itself carries gets no vote
-    own = model.encode(batch, memory_exclude=batch.index).mem_probs
-    carriers = Counter(label for example in dataset.examples for label in example.labels)
-    unique = [(row, label) for row, e in enumerate(dataset.examples) for label in e.labels if carriers[label] == 1]
-    assert len(unique) >= 5
-    for row, label in unique:
-        assert enc.mem_probs[row, label] > 0 and own[row, label] == 0
 
 
 def greedy(model, batch, max_len):
