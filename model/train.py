@@ -225,8 +225,9 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
         val_metrics = select_rank_weight(model, split_candidates(model, datasets["valid"], dev, config.batch_size),
                                          splits["valid"])
         decode_s = time.perf_counter() - t0
-        record = {"epoch": epoch, "agg_weight": model.agg_weight, "rank_cls_weight": config.rank_cls_weight,
-                  "rank_mem_weight": config.rank_mem_weight,
+        ranking_weights = {"rank_cls_weight": config.rank_cls_weight, "rank_mem_weight": config.rank_mem_weight}
+        record = {"epoch": epoch, "agg_weight": model.agg_weight,
+                  **(ranking_weights if config.ranking == "unified" else {}),
                   **{f"train_{k}": v / max(n_posts, 1) for k, v in sums.items()},
                   "valid_loss": val_loss, **{f"valid_{k}": val_metrics[k] for k in ("f1@1", "f1@3", "map@5")},
                   "lr": optimizer.param_groups[0]["lr"], "train_cpu_s": train_cpu, "train_wall_s": train_wall,
