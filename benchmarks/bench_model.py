@@ -19,8 +19,8 @@ import torch
 from model.beam import predict_batch
 from model.config import DEFAULT_CONFIG, load_config
 from model.data import PostDataset, Vocabularies, make_loader, read_split
-from model.memory import KeyphraseMemory
 from model.model import KeyphraseModel
+from model.train import build_memory
 
 AUTHORS_TRAIN_CPU_S_PER_EPOCH = 150.0
 AUTHORS_DECODE_POSTS_PER_S = 17.8
@@ -57,8 +57,7 @@ def main() -> None:
     memory_cpu = 0.0
     if config.memory:           # built once per training run, queried in every decoding batch
         cpu0 = time.process_time()
-        model.memory = KeyphraseMemory.build(train_ds.examples, len(vocabs.words), config.memory_k,
-                                             config.memory_power)
+        model.memory = build_memory(train_ds, vocabs)
         memory_cpu = time.process_time() - cpu0
     model.eval()
     cpu0, wall0 = time.process_time(), time.perf_counter()

@@ -16,11 +16,10 @@ import sys
 
 import torch
 
-from model.data import PostDataset, read_split
-from model.memory import KeyphraseMemory
-from model.metrics import compute_metrics
-from model.train import RANK_WEIGHT_GRID, load_checkpoint, split_candidates
 from model.beam import rank
+from model.data import PostDataset, read_split
+from model.metrics import compute_metrics
+from model.train import RANK_WEIGHT_GRID, build_memory, load_checkpoint, split_candidates
 
 KEYS = ("f1@1", "f1@3", "map@5")
 
@@ -64,9 +63,7 @@ def main() -> None:
     for run in args.runs:
         model = load_checkpoint(f"{run}/model.pt")
         if model.memory is None:     # a checkpoint trained without the memory: build it from the same split
-            c = model.config
-            model.memory = KeyphraseMemory.build(PostDataset(train, model.vocabs, c).examples, len(model.vocabs.words),
-                                                 c.memory_k, c.memory_power)
+            model.memory = build_memory(PostDataset(train, model.vocabs, model.config), model.vocabs)
         candidates = split_candidates(model, PostDataset(valid, model.vocabs, model.config), "cpu")
         for name, result in rankings(candidates, gold).items():
             table.setdefault(name, []).append(result)

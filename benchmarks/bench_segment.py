@@ -79,11 +79,6 @@ METHODS = {
                                                                      rerank=False).segment,
     "ours (full method)": lambda train, home: build_segmenter(stats_from=[train], learn_from=[train],
                                                               mappings=[default_mapping_file()]).segment,
-    # a variant not adopted: the reranker overrides the search's best only by a margin that cross-validation
-    # inside the training examples chooses (`SegmenterConfig.rerank_margins`)
-    "ours, CV-chosen override margin": lambda train, home: build_segmenter(
-        stats_from=[train], learn_from=[train], mappings=[default_mapping_file()],
-        config=SegmenterConfig(rerank_margins=(0.0, 0.25, 0.5, 1.0))).segment,
 }
 
 

@@ -115,8 +115,9 @@ def candidates_batch(model: KeyphraseModel, batch: Batch) -> list[tuple[list | N
     cls_ranked = mem_ranked = [None] * B
     if c.classifier:
         cls_ranked = label_candidates(enc.cls_logits.softmax(-1), model.vocabs.labels, c.n_best, gen_ranked)
-    if enc.mem_probs is not None:
-        mem_ranked = label_candidates(enc.mem_probs, model.vocabs.labels, c.n_best, gen_ranked)
+    if model.memory is not None:
+        p_mem = model.memory.label_distribution(batch.src, batch.attrs, len(model.vocabs.labels))
+        mem_ranked = label_candidates(p_mem, model.vocabs.labels, c.n_best, gen_ranked)
     return list(zip(gen_ranked, cls_ranked, mem_ranked))
 
 

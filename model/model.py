@@ -157,7 +157,6 @@ class Encoded:
     cls_logits: torch.Tensor | None  # [B, C]
     agg_ids: torch.Tensor | None     # [B, K*W] generator ids of the top-K labels' words
     agg_probs: torch.Tensor | None   # [B, K*W] softmax of the labels' logits over those word slots
-    mem_probs: torch.Tensor | None   # [B, C] the keyphrase memory's label distribution (model/memory.py)
 
     def select(self, rows: torch.Tensor) -> "Encoded":
         return Encoded(**{k: (v.index_select(0, rows) if torch.is_tensor(v) else v) for k, v in vars(self).items()})
@@ -198,8 +197,8 @@ class KeyphraseModel(nn.Module):
         self.gen_size = len(vocabs.gen)
         self.vision_dim = vision_dim or (VISION_DIMS[c.vision] if c.vision != "none" else None)
         self.agg_weight = 0.0             # b of Eq. 11; the trainer raises it after warm-up, saved with the model
-        # The training posts' keyphrases for the unified ranking (model/memory.py): built by the trainer from the
-        # train split, saved with the model; None when the config has no memory.
+        # The training posts' keyphrases for the unified ranking (model/memory.py, read in beam.candidates_batch):
+        # built by the trainer from the train split, saved with the model; None when the config has no memory.
         self.memory: KeyphraseMemory | None = None
         H = c.hidden
         self.embedding = nn.Embedding(len(vocabs.words), c.emb_dim, padding_idx=PAD)
@@ -252,9 +251,7 @@ class KeyphraseModel(nn.Module):
         if c.use_attributes:
             feats["attributes"] = (self.attr_proj(self.emb_drop(self.embedding(batch.attrs))), batch.attrs != PAD)
         fuse = self.fuse_drop(self.fusion(feats))                          # [B, H]
-        cls_logits = agg_ids = agg_probs = mem_probs = None
-        if self.memory is not None and not self.training:      # for the ranking only: training never reads it
-            mem_probs = self.memory.label_distribution(batch.src, batch.attrs, len(self.vocabs.labels))
+        cls_logits = agg_ids = agg_probs = None
         if c.classifier:
             # Without joint training the classifier learns on its own and does not shape the shared encoder.
             cls_in = fuse if c.joint_training or not c.generator else fuse.detach()
@@ -264,8 +261,7 @@ class KeyphraseModel(nn.Module):
         if c.generator:
             keys = self.decoder.att_memory(memory)                        # W_m m_i, once per post
         return Encoded(memory, keys, src_mask, batch.src_ext, final,
-                       fuse if (c.generator and c.fuse_into_decoder) else None, cls_logits, agg_ids, agg_probs,
-                       mem_probs)
+                       fuse if (c.generator and c.fuse_into_decoder) else None, cls_logits, agg_ids, agg_probs)
 
     def label_word_distribution(self, cls_logits: torch.Tensor):
         """Eq. 11's classifier copy distribution: the top-K labels' words, each word slot scored with its label's

@@ -65,6 +65,12 @@ def load_glove(path: str | Path, words: list[str], dim: int, embedding: torch.Te
     return found
 
 
+def build_memory(train: PostDataset, vocabs: Vocabularies) -> KeyphraseMemory:
+    """The keyphrase memory of the training split, as its dataset's config defines it."""
+    c = train.config
+    return KeyphraseMemory.build(train.examples, len(vocabs.words), c.memory_k, c.memory_power)
+
+
 def save_checkpoint(model: KeyphraseModel, path: Path, extra: dict) -> None:
     """Write to a temporary name, then rename: a checkpoint that exists is complete."""
     tmp = path.with_suffix(".tmp")
@@ -173,8 +179,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
         vision_dim = datasets["train"].vision.read(0, 0)[0].shape[1] if splits["train"].posts else None
     model = KeyphraseModel(config, vocabs, vision_dim=vision_dim).to(dev)
     if config.memory:
-        model.memory = KeyphraseMemory.build(datasets["train"].examples, len(vocabs.words), config.memory_k,
-                                             config.memory_power).to(dev)
+        model.memory = build_memory(datasets["train"], vocabs).to(dev)
     if glove:
         with torch.no_grad():
             found = load_glove(glove, vocabs.words.words, config.emb_dim, model.embedding.weight)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import click
+import numpy as np
 
 MAPPING_FILE_NAME = "hashtag_segmentation.tsv"
 CMKP_SEP = "<sep>"
@@ -81,12 +82,6 @@ class SegmenterConfig:
     candidates: int = 10
     rerank_folds: int = 2
     rerank_l2: float = 0.001
-    # the reranker overrides the search's best only where it scores another candidate higher by more than a
-    # margin (its standardised logit units), chosen among these by `rerank_inner_folds`-fold cross-validation on
-    # its own training examples (`Reranker.train`). Default: margin 0, the plain argmax; the benchmark's row with
-    # the grid (0, 0.25, 0.5, 1) scored 92 / 90 errors against 90 / 90 (docs/segmentation.md): not adopted
-    rerank_margins: tuple[float, ...] = (0.0,)
-    rerank_inner_folds: int = 2
     # fewer training examples than this: by default the search alone decides (a ranker fitted on a handful of
     # keyphrases would be noise); asked for explicitly, it is an error
     rerank_min_examples: int = 100
@@ -537,71 +532,31 @@ def with_source_votes(features):
     """A candidate list's features [candidates, FEATURES] with one column more per VOTING_FEATURES: 1 where the
     candidate has that feature's highest value in the list (ties all vote). Whether the sources agree on a
     candidate is a property of the list, which no weighted sum of one candidate's own features can express."""
-    import numpy as np
-
     columns = features[:, [FEATURES.index(name) for name in VOTING_FEATURES]]
     return np.hstack([features, columns >= columns.max(0) - 1e-9])
 
 
 class Reranker:
     """A linear scorer over `candidate_features` and the sources' votes (`with_source_votes`), standardised: the
-    candidate with the highest score wins if it beats the search's best (candidate 0) by more than `margin`."""
+    candidate with the highest score wins (the first of equals, so a tie keeps the search's best)."""
 
-    def __init__(self, weights, mean, scale, margin: float = 0.0):
-        self.weights, self.mean, self.scale, self.margin = weights, mean, scale, margin
+    def __init__(self, weights, mean, scale):
+        self.weights, self.mean, self.scale = weights, mean, scale
 
     def scores(self, features):
         """The score of each candidate of a list, features: [candidates, FEATURES] -> [candidates]."""
-        import numpy as np
-
         return ((with_source_votes(np.asarray(features)) - self.mean) / self.scale) @ self.weights
-
-    @staticmethod
-    def pick(scores, margin: float) -> int:
-        """The index of the chosen candidate given its list's scores: the best, unless it beats the search's best
-        by no more than the margin (argmax returns the first maximum, so margin 0 is the plain argmax)."""
-        best = int(scores.argmax())
-        return best if scores[best] - scores[0] > margin else 0
 
     def choose(self, candidates: list[tuple[float, list[str]]], known: Mapping[str, int],
                stats: WordStats) -> list[str]:
         features = [candidate_features(words, logp, rank, known, stats)
                     for rank, (logp, words) in enumerate(candidates)]
-        return candidates[self.pick(self.scores(features), self.margin)][1]
-
-    @classmethod
-    def train(cls, examples: list[tuple[str, list[list[float]], int]], config: SegmenterConfig) -> "Reranker":
-        """Fit on all examples (key, candidates' features, label index), with the override margin chosen by
-        `config.rerank_inner_folds`-fold cross-validation on these examples: each inner fold's lists are scored by
-        a reranker fitted on the others, and the margin that picks the most labels wins (ties: the smallest).
-        Inner folds group the examples by key (a key labelled in several training parts stays in one inner fold),
-        assigned in order of first appearance, so the choice is deterministic. With one margin (the default) there
-        is nothing to choose: that margin."""
-        lists = [(features, index) for _, features, index in examples]
-        reranker = cls.fit(lists, config.rerank_l2)
-        if len(config.rerank_margins) == 1:
-            reranker.margin = config.rerank_margins[0]
-            return reranker
-        inner_fold = {}
-        for key, _, _ in examples:
-            inner_fold.setdefault(key, len(inner_fold) % config.rerank_inner_folds)
-        folds = [inner_fold[key] for key, _, _ in examples]
-        held_out_scores = []  # (scores of a held-out list, its label index)
-        for fold in range(config.rerank_inner_folds):
-            fitted = cls.fit([item for item, f in zip(lists, folds) if f != fold], config.rerank_l2)
-            held_out_scores += [(fitted.scores(features), index)
-                                for (features, index), f in zip(lists, folds) if f == fold]
-        correct = {margin: sum(cls.pick(scores, margin) == index for scores, index in held_out_scores)
-                   for margin in sorted(config.rerank_margins)}
-        reranker.margin = max(correct, key=lambda margin: (correct[margin], -margin))
-        return reranker
+        return candidates[int(self.scores(features).argmax())][1]
 
     @classmethod
     def fit(cls, lists: list[tuple[list[list[float]], int]], l2: float, steps: int = 300) -> "Reranker":
         """Softmax over each list's candidates (conditional logit), L2-penalised, by full-batch gradient descent
         with Adam steps. lists: (features of each candidate, index of the labelled one)."""
-        import numpy as np
-
         size = max(len(features) for features, _ in lists)
         width = len(lists[0][0][0]) + len(VOTING_FEATURES)
         x = np.zeros((len(lists), size, width))
@@ -747,7 +702,7 @@ def build_segmenter(corpus_texts: Iterable[str] = (), stats_from: Iterable[str |
     if rerank:
         examples, skipped = reranker_examples(texts, keyphrases, learn_posts, manual, config)
         if len(examples) >= config.rerank_min_examples:
-            reranker = Reranker.train(examples, config)
+            reranker = Reranker.fit([(features, index) for _, features, index in examples], config.rerank_l2)
         elif rerank_asked:
             raise ValueError(f"the learn-from keyphrases give the reranker {len(examples)} examples, fewer than "
                              f"{config.rerank_min_examples}; keys left out: {dict(skipped)}")

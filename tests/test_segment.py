@@ -9,15 +9,13 @@ import venv
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pip as pip_module
 import pytest
 from click.testing import CliRunner
 
-from pipeline.segment import (FEATURES, MAPPING_FILE_NAME, Reranker, SegmenterConfig, WordStats, build_segmenter,
+from pipeline.segment import (FEATURES, MAPPING_FILE_NAME, SegmenterConfig, WordStats, build_segmenter,
                               VOTING_FEATURES, candidate_features, default_mapping_file, learn_mappings, main,
-                              mixed_counts, read_cmkp_src, read_mapping_file, reranker_examples, web_counts,
-                              with_source_votes)
+                              mixed_counts, read_mapping_file, reranker_examples, web_counts, with_source_votes)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -379,38 +377,3 @@ def test_rerank_needs_enough_examples(cmkp_src):
     assert result.exit_code != 0 and "fewer than 100" in str(result.exception)
     result = CliRunner().invoke(main, ["--learn-from", str(cmkp_src), "--no-rerank"], input="goteam\n")
     assert result.output == "go team\n"
-
-
-def test_reranker_override_margin_keeps_the_search_best_unless_beaten_by_more():
-    import numpy as np
-
-    scores = np.array([1.0, 1.5, 0.25])
-    assert Reranker.pick(scores, 0.0) == 1 and Reranker.pick(scores, 0.25) == 1
-    assert Reranker.pick(scores, 0.5) == 0 and Reranker.pick(scores, 0.75) == 0  # beaten by exactly / less
-    assert Reranker.pick(np.array([1.0, 1.0, 0.5]), 0.0) == 0  # a tie keeps the search's best
-
-
-def test_reranker_margin_is_chosen_by_cross_validation_on_its_examples(plural_convention):
-    posts = read_cmkp_src(plural_convention)
-    config = SegmenterConfig()
-    examples, _ = reranker_examples([], [], posts, [], config)
-    plain = Reranker.train(examples, config)
-    assert plain.margin == 0.0
-    grid = SegmenterConfig(rerank_margins=(1.0, 0.0, 3.0, 100.0))
-    chosen = Reranker.train(examples, grid)
-    assert chosen.margin == Reranker.train(examples, grid).margin  # deterministic
-    np.testing.assert_array_equal(chosen.weights, plain.weights)  # the margin is chosen, the weights fitted on all
-    # the same choice made by hand: inner folds by key in order of appearance, each scored by the other's fit
-    keys = list(dict.fromkeys(key for key, _, _ in examples))
-    correct = dict.fromkeys(grid.rerank_margins, 0)
-    for fold in (0, 1):
-        fitted = Reranker.fit([(f, i) for key, f, i in examples if keys.index(key) % 2 != fold], config.rerank_l2)
-        for key, features, index in examples:
-            if keys.index(key) % 2 == fold:
-                for margin in correct:
-                    correct[margin] += Reranker.pick(fitted.scores(features), margin) == index
-    best = max(correct.values())
-    assert chosen.margin == min(margin for margin, count in correct.items() if count == best)
-    # a margin of 100 never lets the reranker override: it is right exactly where the label is the search's best,
-    # which the plural convention makes rare
-    assert correct[100.0] == sum(index == 0 for _, _, index in examples) < best and chosen.margin < 100.0
