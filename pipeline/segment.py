@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 import re
 import site
 import sys
@@ -82,6 +83,10 @@ class SegmenterConfig:
     candidates: int = 10
     rerank_folds: int = 2
     rerank_l2: float = 0.001
+    # which posts form the K parts: None by line index (index % K); a seed shuffles the posts first. The partition
+    # is arbitrary and moves the benchmark by up to +-5 hashtags per fold (docs/segmentation.md), so
+    # benchmarks/bench_segment.py --partition-seeds measures the method over several
+    rerank_partition_seed: int | None = None
     # fewer training examples than this: by default the search alone decides (a ranker fitted on a handful of
     # keyphrases would be noise); asked for explicitly, it is an error
     rerank_min_examples: int = 100
@@ -588,8 +593,9 @@ def reranker_examples(texts: list[str], keyphrases: list[str], posts: list[tuple
                       overridden: Iterable[str], config: SegmenterConfig
                       ) -> tuple[list[tuple[str, list[list[float]], int]], Counter]:
     """Training examples for the reranker from the segmented keyphrases of `posts`, K-fold so that no example sees
-    its own label: the posts are split into `config.rerank_folds` parts by line index, and each part's keys are
-    searched with statistics and learned mappings built from `texts`, `keyphrases` and the other parts only.
+    its own label: the posts are split into `config.rerank_folds` parts by line index (after a seeded shuffle where
+    `config.rerank_partition_seed` is set), and each part's keys are searched with statistics and learned mappings
+    built from `texts`, `keyphrases` and the other parts only.
 
     Returns (examples, skipped): an example is (key, its candidates' features, index of the label among them);
     skipped counts the held-out keys that are not examples, by reason. Like at inference, only keys that reach the
@@ -598,6 +604,9 @@ def reranker_examples(texts: list[str], keyphrases: list[str], posts: list[tuple
     the distinct keys of each part, summed over the parts.
     """
     overridden = set(overridden)
+    if config.rerank_partition_seed is not None:
+        posts = list(posts)
+        random.Random(config.rerank_partition_seed).shuffle(posts)
     examples, skipped = [], Counter()
     for fold in range(config.rerank_folds):
         inside = [post for index, post in enumerate(posts) if index % config.rerank_folds != fold]

@@ -369,6 +369,24 @@ def test_reranker_examples_never_see_their_own_label(plural_convention):
     assert dict(zip(FEATURES, features[index]))["lexicon words"] == 1  # `s`, from the other fold's plurals
 
 
+def test_reranker_partition_seed_shuffles_the_parts():
+    import random
+
+    posts = [(f"post {i}", [f"{noun} s"]) for i, noun in enumerate(NOUNS)]
+    posts += [("a walk in the park", ["dinosaur park"]), ("again", ["cat s"])]
+    parity, _ = reranker_examples([], [], posts, [], SegmenterConfig())
+    seeded, skipped = reranker_examples([], [], posts, [], SegmenterConfig(rerank_partition_seed=3))
+    assert reranker_examples([], [], posts, [], SegmenterConfig(rerank_partition_seed=3))[0] == seeded
+    assert seeded != parity
+    order = list(range(len(posts)))
+    random.Random(3).shuffle(order)
+    parts = [{key for position, index in enumerate(order) if position % 2 == part
+              for key in (k.replace(" ", "") for k in posts[index][1])} for part in (0, 1)]
+    assert len(seeded) + sum(skipped.values()) == len(parts[0]) + len(parts[1])
+    # `cats` (posts 0 and 61) is answered by the other part's mapping exactly when the shuffle parts them
+    assert ("cats" in [key for key, _, _ in seeded]) == ("cats" not in parts[0] & parts[1])
+
+
 def test_rerank_needs_enough_examples(cmkp_src):
     with pytest.raises(ValueError, match=r"gives? the reranker \d+ examples, fewer than 100"):
         build_segmenter(learn_from=[cmkp_src], mappings=(), rerank=True)
