@@ -483,7 +483,9 @@ WORDFREQ_LOG10_TOTAL = 8.0
 FEATURES = ("search log10 P", "words", "lone letters", "lone a or i", "letter-digit cuts", "unknown words",
             "web log10 P", "wordfreq log10 P", "corpus log10 P", "lexicon log10 P", "lexicon words", "lexicon pairs",
             "corpus pairs", "web pairs", "wordfreq-only words", "longest word share", "two-letter words",
-            "search's best", "learned keys split", "learned pairs glued")
+            "search's best", "learned keys split", "learned pairs glued", "vowel-less words")
+# a word of two or more letters without one of these is an acronym (`nh`, `bts`, `fcb`)
+VOWELS = frozenset("aeiouy")
 
 
 def candidate_features(words: list[str], logp: float, rank: int, known: Mapping[str, int],
@@ -493,8 +495,9 @@ def candidate_features(words: list[str], logp: float, rank: int, known: Mapping[
 
     Each count source separately (web, wordfreq, corpus, keyphrase lexicon) as log10 probabilities and word-pair
     hits, so that learned weights can mix them unlike the search's fixed shares; the labels' conventions
-    that no count expresses (lone letters, digits cut from letters, short words); and what the learned mappings say
-    about the candidate's parts (a word the training keyphrases split, two words they glue)."""
+    that no count expresses (lone letters, digits cut from letters, short words, acronyms: words without a vowel,
+    which the counts score as rare while the labels cut them off as words of their own, `nh politics`); and what the
+    learned mappings say about the candidate's parts (a word the training keyphrases split, two words they glue)."""
     text = "".join(words)
     pairs = [first + NGRAM_SEP + second for first, second in zip(words, words[1:])]
     letter_digit_cuts, position = 0, 0
@@ -525,6 +528,7 @@ def candidate_features(words: list[str], logp: float, rank: int, known: Mapping[
         sum(" " in learned.get(word, "") for word in words),
         sum(learned.get(first + second, f"{first} {second}") != f"{first} {second}"
             for first, second in zip(words, words[1:])),
+        sum(len(word) > 1 and word.isalpha() and not VOWELS.intersection(word) for word in words),
     ]
 
 

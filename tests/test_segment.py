@@ -294,6 +294,10 @@ def test_candidate_features(segmenter):
     assert features["corpus pairs"] == 0
     assert features["learned keys split"] == 0  # no word of this candidate is a key the training keyphrases split
     assert features["learned pairs glued"] == 1  # cat + lover: the training keyphrases glue `catlover`
+    assert features["vowel-less words"] == 0  # `s` is a lone letter, `2` a number
+    acronyms = dict(zip(FEATURES, candidate_features(["a", "fcb", "my", "nfl", "7"], -20.0, 1,
+                                                     segmenter.viterbi.Pw, stats)))
+    assert acronyms["vowel-less words"] == 2  # `fcb`, `nfl`; `y` is a vowel (`my`), `a` one letter, `7` a number
     split = dict(zip(FEATURES, candidate_features(["bookday"], -9.0, 3, segmenter.viterbi.Pw, stats)))
     assert split["learned keys split"] == 1 and split["search's best"] == 0 and split["longest word share"] == 1
     # an unknown word costs more the longer it is, in every source
