@@ -84,8 +84,8 @@ class SegmenterConfig:
     rerank_folds: int = 2
     rerank_l2: float = 0.001
     # which posts form the K parts: None by line index (index % K); a seed shuffles the posts first. The partition
-    # is arbitrary and moves the benchmark by up to +-5 hashtags per fold (docs/segmentation.md), so
-    # benchmarks/bench_segment.py --partition-seeds measures the method over several
+    # is arbitrary, and 16 seeds spread the benchmark's errors over 10 hashtags on a fold (docs/segmentation.md),
+    # so benchmarks/bench_segment.py --partition-seeds measures the method over several
     rerank_partition_seed: int | None = None
     # fewer training examples than this: by default the search alone decides (a ranker fitted on a handful of
     # keyphrases would be noise); asked for explicitly, it is an error
