@@ -20,7 +20,6 @@ The CMKP protocol (the shared data's README): TRAIN = lines i with i % 10 != 0 o
 from __future__ import annotations
 
 import abc
-
 import hashlib
 import json
 import math
