@@ -1,0 +1,54 @@
+"""Every documented `luigi` command exits non-zero when a task fails, an input is missing, or a dependency
+could not run (luigi.cfg's [retcode] section), and 0 on a good build. Run as a user runs them: a subprocess
+in the repository root, where luigi.cfg is read."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TASK_FAILED, MISSING_DATA = 30, 20
+
+
+def luigi(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "luigi", *args, "--local-scheduler"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=100)
+
+
+def tiny_release(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "valid_src.txt").write_text("".join(f"post number {i} words<sep>kp {i % 2}<sep>http://x/{i}.jpg\n"
+                                                     for i in range(6)))
+    return directory
+
+
+def test_a_good_build_exits_0(tmp_path):
+    done = luigi("--module", "pipeline.tasks", "BuildDataset", "--source", "cmkp",
+                 "--input", str(tiny_release(tmp_path / "release")), "--output", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_a_failed_task_exits_non_zero(tmp_path):
+    (tmp_path / "archive").mkdir()  # no *.jsonl: CrawlTweets fails, and every task after it cannot run
+    done = luigi("--module", "pipeline.tasks", "BuildDataset", "--source", "archive",
+                 "--input", str(tmp_path / "archive"), "--output", str(tmp_path / "out"))
+    assert done.returncode == TASK_FAILED, done.stderr[-2000:]
+    assert "holds no *.jsonl" in done.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_missing_input_exits_non_zero(tmp_path):
+    done = luigi("--module", "pipeline.tasks", "BuildDataset", "--source", "cmkp",
+                 "--input", str(tmp_path / "no-such-release"), "--output", str(tmp_path / "out"))
+    assert done.returncode != 0 and "no CMKP release file" in done.stderr
+
+
+def test_a_workflow_whose_dataset_is_missing_exits_non_zero(tmp_path):
+    # The suite's dependency (a dataset built beforehand) does not exist, so nothing can run.
+    done = luigi("--module", "workflows.experiments", "SeedSuite", "--shards-dir", str(tmp_path / "none"),
+                 "--work-dir", str(tmp_path / "work"), "--seeds", "1")
+    assert done.returncode == MISSING_DATA, done.stderr[-2000:]
