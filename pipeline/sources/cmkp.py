@@ -6,6 +6,10 @@ per line) and optionally the line-aligned `{split}_ocr.txt` (raw Tesseract text)
 `images/` directory of image files named by the basename of each post's image URL (the authors' `*_url_map`
 keys images by file name; see `pipeline.text_tasks.ReleaseImages`). Its text is already tokenized, its
 keyphrases already segmented and its splits fixed: records are carried as they are.
+
+Lines are read through `pipeline.sources.records.capped_lines`: a line of any file that is too long or not
+UTF-8, or a post holding U+0000, is rejected with that reason (`line_too_long`, `invalid_utf8`,
+`nul_character`), and the files stay aligned line by line.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.report import StageLog
+from pipeline.sources.records import BadRecord, capped_lines, string_fault
 
 SPLITS = ("train", "valid", "test")
 SEP = "<sep>"
@@ -48,10 +53,9 @@ def release_feature_groups(directory: str | Path, split: str) -> list[str]:
             if any((directory / f"{split}_{suffix}.txt").is_file() for suffix in files.values())]
 
 
-def _read_lines(path: Path) -> list[str]:
-    # newline="\n": a stray carriage return inside a line must not split the line and break the alignment.
-    with open(path, encoding="utf-8", newline="\n") as f:
-        return [line.rstrip("\n").rstrip("\r") for line in f]
+def _read_lines(path: Path) -> list[str | BadRecord]:
+    # Lines end at "\n" only: a stray carriage return inside a line must not split it and break the alignment.
+    return [line for _, line in capped_lines(path)]
 
 
 def read_release(directory: str | Path, log: StageLog) -> Iterator[dict]:
@@ -62,7 +66,8 @@ def read_release(directory: str | Path, log: StageLog) -> Iterator[dict]:
     directory = Path(directory)
     for split in release_splits(directory):
         src = _read_lines(directory / f"{split}_src.txt")
-        extra: dict[str, list[str]] = {}
+        extra: dict[str, list[str | BadRecord]] = {}
+        files = {}
         for group in release_feature_groups(directory, split):
             for column, suffix in RELEASE_FEATURES[group].items():
                 path = directory / f"{split}_{suffix}.txt"
@@ -70,9 +75,13 @@ def read_release(directory: str | Path, log: StageLog) -> Iterator[dict]:
                 if len(lines) != len(src):
                     # Misaligned side files would attach one post's OCR to another: refuse outright.
                     raise ValueError(f"{path} has {len(lines)} lines but {split}_src.txt has {len(src)}")
-                extra[column] = lines
+                extra[column], files[column] = lines, path.name
         for index, line in enumerate(src):
             record_id = f"cmkp-{split}-{index}"
+            unreadable = [(f"{split}_src.txt", line)] + [(files[c], lines[index]) for c, lines in extra.items()]
+            if bad := next(((name, value) for name, value in unreadable if isinstance(value, BadRecord)), None):
+                log.reject(record_id, bad[1].reason, f"{bad[0]} line {index + 1}: {bad[1].detail}")
+                continue
             fields = line.split(SEP)
             if len(fields) != 3:
                 log.reject(record_id, "malformed_line", f"expected 3 fields separated by {SEP}, got {len(fields)}")
@@ -85,7 +94,6 @@ def read_release(directory: str | Path, log: StageLog) -> Iterator[dict]:
             if not keyphrases:
                 log.reject(record_id, "no_keyphrase", keyphrase_field)
                 continue
-            log.keep()
             record = {
                 "id": record_id,
                 "split": split,
@@ -97,4 +105,8 @@ def read_release(directory: str | Path, log: StageLog) -> Iterator[dict]:
             }
             record.update({column: " ".join(lines[index].split()) if column != "ocr_raw" else lines[index].strip()
                            for column, lines in extra.items()})
+            if fault := string_fault(record):
+                log.reject(record_id, fault.reason, fault.detail)
+                continue
+            log.keep()
             yield record
