@@ -152,12 +152,16 @@ class Example:
     labels: list[int]           # per keyphrase: its class id (0 = not a class)
 
 
-def encode_post(post: Post, index: int, vocabs: Vocabularies, config: ModelConfig) -> Example:
+def source_tokens(post: Post, config: ModelConfig) -> list[str]:
+    """The source the encoder reads: the post's tokens, then `<sep>` and its OCR tokens (image wordings)."""
     tokens = post.tokens[:config.max_src_len]
     if config.image_wordings and post.ocr and len(tokens) + 1 < config.max_src_len:
         tokens = tokens + ["<sep>"] + post.ocr[:config.max_src_len - len(tokens) - 1]
-    if not tokens:
-        tokens = ["<unk>"]      # an empty post still has one position to attend to
+    return tokens or ["<unk>"]      # an empty post still has one position to attend to
+
+
+def encode_post(post: Post, index: int, vocabs: Vocabularies, config: ModelConfig) -> Example:
+    tokens = source_tokens(post, config)
     n_gen = len(vocabs.gen)
     oov: dict[str, int] = {}
     src_ext = []

@@ -372,6 +372,14 @@ def _epoch_means(run_dir: Path) -> dict:
     return out
 
 
+def read_run(task: TrainRun, target: luigi.LocalTarget) -> dict:
+    """A finished TrainRun as summarize_runs takes it: config, seed, CPU seconds, epoch means, metrics."""
+    run_dir = Path(target.path).parent
+    run = json.loads((run_dir / WORKFLOW_RECORD).read_text())
+    return {"config": task.config, "seed": task.seed, "cpu_s": run["cpu_s"], **_epoch_means(run_dir),
+            "metrics": json.loads(Path(target.path).read_text())}
+
+
 class ResultsSummary(ExperimentTask):
     """WORK/results/<name>.json: every run's scores and their mean and std over seeds per config."""
 
@@ -387,12 +395,7 @@ class ResultsSummary(ExperimentTask):
         return luigi.LocalTarget(str(Path(self.work_dir, "results", f"{self.name}.json")))
 
     def run(self):
-        runs = []
-        for task, target in zip(self.requires(), self.input()):
-            run_dir = Path(target.path).parent
-            run = json.loads((run_dir / WORKFLOW_RECORD).read_text())
-            runs.append({"config": task.config, "seed": task.seed, "cpu_s": run["cpu_s"],
-                         **_epoch_means(run_dir), "metrics": json.loads(Path(target.path).read_text())})
+        runs = [read_run(task, target) for task, target in zip(self.requires(), self.input())]
         summary = {"name": self.name, "split": self.split, "threads": self.threads,
                    "shards": self.shards_path(), "configs": list(self.configs),
                    "seeds": list(self.seeds), "rows": summarize_runs(runs, self.split),
