@@ -41,7 +41,7 @@ def main() -> None:
     train_ds, valid_ds = PostDataset(train, vocabs, config), PostDataset(valid, vocabs, config)
     model = KeyphraseModel(config, vocabs)
     if config.aggregate:
-        model.agg_weight = config.agg_weight        # time the stage-2 model, the more expensive one
+        model.agg_weight.fill_(config.agg_weight)   # time the stage-2 model, the more expensive one
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     model.train()

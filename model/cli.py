@@ -17,7 +17,8 @@ def _threads(n: int | None) -> None:
 
 
 @click.command(help="Train on the `train` split, select on `valid`, evaluate on every other split. Writes "
-                    "RUN_DIR/model.pt, metrics.json, pred_<split>.txt, train.log (one JSON line per epoch).")
+                    "RUN_DIR/model.pt, metrics.json, pred_<split>.txt, train.log (one JSON line per epoch), run.json and "
+                    "training_state.pt (what --resume continues).")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="dataset directory written by the pipeline (docs/FORMAT.md)")
 @click.option("--config", "config_name", default=DEFAULT_CONFIG, show_default=True,
@@ -33,14 +34,20 @@ def _threads(n: int | None) -> None:
 @click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 @click.option("--batch-size", type=int, default=None, help="default: the config's (64)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--resume", is_flag=True,
+              help="continue the run of RUN_DIR from its last finished epoch (RUN_DIR/training_state.pt) with the "
+                   "same config and seed; without it an earlier run's files in RUN_DIR are removed first")
+@click.option("--on-nonfinite", type=click.Choice(["stop", "skip"]), default=None,
+              help="a batch with a non-finite loss or gradient stops the run, or is skipped and counted "
+                   "(default: the config's, stop)")
 def train(data_dir, config_name, out_dir, epochs, seed, device, glove, allow_random_features, threads,
-          batch_size, quiet):
+          batch_size, quiet, resume, on_nonfinite):
     from model.train import train as run_training
     _threads(threads)
     try:
-        config = load_config(config_name, epochs=epochs, batch_size=batch_size)
+        config = load_config(config_name, epochs=epochs, batch_size=batch_size, on_nonfinite=on_nonfinite)
         run_training(config, data_dir, out_dir, seed=seed, device=device, glove=glove,
-                     allow_random_features=allow_random_features, progress=not quiet,
+                     allow_random_features=allow_random_features, progress=not quiet, resume=resume,
                      log=lambda msg: click.echo(msg, err=True))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise click.ClickException(str(e))

@@ -58,6 +58,9 @@ class ModelConfig:
     freeze_classifier: bool = False  # the authors' stage 2: freeze encoder + classifier once aggregation is on
     patience: int = 3                # epochs without DEV improvement before stopping
     select_on: str = "f1@1"          # DEV criterion for the best checkpoint: "f1@1" or "loss"
+    # A batch whose loss or gradient is not finite: "stop" the run with an error (nothing is stepped), or
+    # "skip" the batch (counted per epoch in train.log as skipped_batches).
+    on_nonfinite: str = "stop"
     # --- decoding and ranking -------------------------------------------------------------------------------
     beam: int = 10
     max_kp_len: int = 6
@@ -79,7 +82,7 @@ class ModelConfig:
 
     def __post_init__(self):
         choices = {"vision": ("vgg", "butd", "none"), "fusion": ("pool", "text-query", "both"),
-                   "pool": ("max", "avg"), "select_on": ("f1@1", "loss"),
+                   "pool": ("max", "avg"), "select_on": ("f1@1", "loss"), "on_nonfinite": ("stop", "skip"),
                    "ranking": ("generator", "classifier", "unified")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -324,6 +324,14 @@ class LengthBatches(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
+    def state_dict(self) -> dict:
+        """The shuffling state: a resumed run draws the epochs' orders an uninterrupted run would."""
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
 
 def make_loader(dataset: PostDataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0):
     sampler = LengthBatches([len(e.src) for e in dataset.examples], batch_size, shuffle, seed)

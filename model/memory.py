@@ -23,38 +23,69 @@ The power s > 1 lets the nearest posts count more (s = 2: 24.8 -> 25.7; s = 4: 2
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from model.data import SEP, Example, pad_rows
 
 N_SPECIAL_WORDS = SEP + 1      # <pad> <bos> <eos> <unk> <sep>: never evidence of a topic
 
 
-class KeyphraseMemory:
-    def __init__(self, idf: torch.Tensor, keys: torch.Tensor | None, labels: torch.Tensor, k: int, power: float):
-        self.idf = idf            # [2V] text words, then attribute words; 0 for specials and unseen words
-        self.keys = keys          # [N, 2V] sparse COO, one L2-normalised TF-IDF row per training post
-        self.labels = labels      # [N, M] label ids of each training post's keyphrases, 0-padded
+class KeyphraseMemory(nn.Module):
+    """Buffers only (moved by `.to()`, saved by `state_dict()`); their sizes are the training split's, so a
+    checkpoint's tensors replace empty ones of any size on loading."""
+
+    def __init__(self, n_words: int, k: int, power: float):
+        super().__init__()
         self.k, self.power = k, power
+        self.register_buffer("idf", torch.zeros(2 * n_words))   # [2V] text words, then attribute words
+        # keys: [N, 2V] sparse, one L2-normalised TF-IDF row per training post, kept as its coalesced COO parts
+        self.register_buffer("key_indices", torch.zeros(2, 0, dtype=torch.long))   # [2, nnz] (post, word)
+        self.register_buffer("key_values", torch.zeros(0))                         # [nnz]
+        self.register_buffer("labels", torch.zeros(0, 1, dtype=torch.long))       # [N, M] label ids, 0-padded
+        self.register_load_state_dict_post_hook(KeyphraseMemory._check_keys)
 
     @classmethod
     def build(cls, examples: list[Example], n_words: int, k: int, power: float,
               chunk: int = 1024) -> "KeyphraseMemory":
         """From the training split's examples (their `src` and `attrs` word ids and their `labels`)."""
+        memory = cls(n_words, k, power)
         df = torch.zeros(2 * n_words)
         for e in examples:
             df[torch.tensor(sorted(set(e.src) | {n_words + a for a in e.attrs}), dtype=torch.long)] += 1
         idf = torch.log(len(examples) / (1 + df)).clamp(min=0)
         idf[:N_SPECIAL_WORDS] = idf[n_words:n_words + N_SPECIAL_WORDS] = 0.0
+        memory.idf = idf
         width = max([len(e.labels) for e in examples] + [1])
         labels = torch.zeros(len(examples), width, dtype=torch.long)
         for i, e in enumerate(examples):
             labels[i, :len(e.labels)] = torch.tensor(e.labels, dtype=torch.long)
-        memory = cls(idf, None, labels, k, power)
+        memory.labels = labels
         # dense TF-IDF rows a chunk at a time (all at once would be N x 2V floats: 16 GB on the full data)
         rows = [memory.vectors(pad_rows([e.src for e in part]), pad_rows([e.attrs for e in part])).to_sparse()
                 for part in (examples[i:i + chunk] for i in range(0, len(examples), chunk))]
-        memory.keys = torch.cat(rows).coalesce()
+        keys = torch.cat(rows).coalesce()
+        memory.key_indices, memory.key_values = keys.indices(), keys.values()
         return memory
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the saved memory is as large as its training split: take its tensors' shapes before copying them
+        for name, buf in self._buffers.items():
+            saved = state_dict.get(prefix + name)
+            if torch.is_tensor(saved) and saved.shape != buf.shape:
+                self._buffers[name] = buf.new_empty(saved.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _check_keys(self, _incompatible_keys) -> None:
+        """After loading: indices out of range would read out of bounds in sparse.mm, unsorted ones rank wrong."""
+        keys = torch.sparse_coo_tensor(self.key_indices, self.key_values, (len(self.labels), len(self.idf)),
+                                       check_invariants=True)
+        if not torch.equal(keys.coalesce().indices(), self.key_indices):
+            raise ValueError("keyphrase memory: the saved key indices are not sorted and unique (coalesced)")
+
+    def keys(self) -> torch.Tensor:
+        """The [N, 2V] sparse key matrix."""
+        return torch.sparse_coo_tensor(self.key_indices, self.key_values, (len(self.labels), len(self.idf)),
+                                       is_coalesced=True, check_invariants=False)
 
     def vectors(self, src: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
         """Word ids [B, L] and attribute word ids [B, A] (PAD-padded; A may be 0) -> L2-normalised TF-IDF rows
@@ -68,7 +99,7 @@ class KeyphraseMemory:
     def label_distribution(self, src: torch.Tensor, attrs: torch.Tensor, n_labels: int) -> torch.Tensor:
         """p_mem [B, n_labels] for word ids [B, L] and attribute word ids [B, A]; rows sum to 1, or to 0 where
         no neighbour shares a word or carries a label."""
-        sim = torch.sparse.mm(self.keys, self.vectors(src, attrs).T).T          # [B, N] cosine similarities
+        sim = torch.sparse.mm(self.keys(), self.vectors(src, attrs).T).T          # [B, N] cosine similarities
         top = sim.topk(min(self.k, sim.shape[1]), dim=1)                         # [B, K]
         labels = self.labels[top.indices]                                        # [B, K, M]
         weight = top.values.pow(self.power).unsqueeze(-1).expand_as(labels) * (labels > 0)
@@ -77,19 +108,5 @@ class KeyphraseMemory:
         dist[:, 0] = 0.0                                                          # label 0: not a keyphrase
         return dist / dist.sum(1, keepdim=True).clamp(min=1e-12)
 
-    def to(self, device) -> "KeyphraseMemory":
-        return KeyphraseMemory(self.idf.to(device), self.keys.to(device), self.labels.to(device), self.k,
-                               self.power)
-
-    def state(self) -> dict:
-        """Plain tensors for a checkpoint."""
-        keys = self.keys.cpu()
-        return {"idf": self.idf.cpu(), "indices": keys.indices(), "values": keys.values(),
-                "n_posts": keys.shape[0], "labels": self.labels.cpu(), "k": self.k,
-                "power": self.power}
-
-    @classmethod
-    def from_state(cls, s: dict) -> "KeyphraseMemory":
-        keys = torch.sparse_coo_tensor(s["indices"], s["values"], (s["n_posts"], len(s["idf"])),
-                                       check_invariants=True).coalesce()
-        return cls(s["idf"], keys, s["labels"], s["k"], s["power"])
+    def extra_repr(self) -> str:
+        return f"posts={len(self.labels)}, k={self.k}, power={self.power}"

@@ -196,10 +196,12 @@ class KeyphraseModel(nn.Module):
         self.vocabs = vocabs
         self.gen_size = len(vocabs.gen)
         self.vision_dim = vision_dim or (VISION_DIMS[c.vision] if c.vision != "none" else None)
-        self.agg_weight = 0.0             # b of Eq. 11; the trainer raises it after warm-up, saved with the model
+        # b of Eq. 11: 0 during warm-up, raised by the trainer (`agg_weight.fill_`); float64 holds the config's
+        # value exactly, as the Python float it is multiplied as
+        self.register_buffer("agg_weight", torch.zeros((), dtype=torch.float64))
         # The training posts' keyphrases for the unified ranking (model/memory.py, read in beam.candidates_batch):
-        # built by the trainer from the train split, saved with the model; None when the config has no memory.
-        self.memory: KeyphraseMemory | None = None
+        # empty until the trainer builds it from the train split; None when the config has no memory.
+        self.memory = KeyphraseMemory(len(vocabs.words), c.memory_k, c.memory_power) if c.memory else None
         H = c.hidden
         self.embedding = nn.Embedding(len(vocabs.words), c.emb_dim, padding_idx=PAD)
         # U(-0.1, 0.1) as the authors' random embeddings; torch's N(0, 1) saturates the GRU gates early
@@ -281,7 +283,7 @@ class KeyphraseModel(nn.Module):
         if p_gen is None:
             return p_vocab
         N, T, _ = p_vocab.shape
-        b = self.agg_weight if enc.agg_ids is not None else 0.0
+        b = float(self.agg_weight) if enc.agg_ids is not None else 0.0
         dist = torch.cat([p_gen * p_vocab, p_vocab.new_zeros(N, T, n_oov)], -1)
         copy = (1 - p_gen) * (1 - b) * attn                                 # [N, T, L]
         dist = dist.scatter_add(2, enc.src_ext.unsqueeze(1).expand(N, T, -1), copy)

@@ -4,28 +4,44 @@ Schedule (paper Eq. 12 and §3.4): Adam, learning rate halved when the validatio
 norm clipped; warm-up epochs with the classifier aggregation off (b = 0), then b = config.agg_weight (and, as
 an option, the authors' stage 2 with encoder and classifier frozen). The best epoch on DEV is kept; training
 stops after `patience` epochs without improvement.
+
+    train() = load_data -> TrainingState.fresh (build_model, build_optimizer) or TrainingState.resume
+              -> per epoch: Schedule.begin_epoch, train_epoch, validate, Schedule.end_epoch, checkpoints
+              -> evaluate_best
+
+After every epoch the run directory holds the best epoch's model (model.pt) and the full state of the last
+finished epoch (training_state.pt: model, optimizer, scheduler, schedule, history, random-number states), so a
+killed run resumed with `resume=True` ends exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from model import checkpoint
 from model.beam import candidates_batch, rank
+from model.checkpoint import atomic_file, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.data import PostDataset, Split, Vocabularies, make_loader, read_split, split_names
-from model.metrics import compute_metrics
 from model.memory import KeyphraseMemory
+from model.metrics import compute_metrics
 from model.model import KeyphraseModel
 
-CHECKPOINT = "model.pt"
+__all__ = ["train", "load_checkpoint", "predict_split", "split_candidates", "rank_split", "score",
+           "write_predictions", "resolve_device"]
+
+CHECKPOINT = "model.pt"                   # the best epoch's model: what the final evaluation and cmkp-predict read
+TRAINING_STATE = "training_state.pt"      # the last finished epoch's full state: what a resumed run continues
+RUN_FILES = (CHECKPOINT, TRAINING_STATE, "metrics.json", "run.json", "train.log")   # and pred_<split>.txt
 # (classifier, memory) weights of the unified ranking that DEV chooses from at every epoch (beam.rank)
 RANK_WEIGHT_GRID = tuple((cls, mem) for cls in (0.0, 0.1, 0.2, 0.5) for mem in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0))
 
@@ -42,6 +58,32 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
     return torch.device(name)
+
+
+# ------------------------------------------------------------------------------------------ data and model
+@dataclass
+class Data:
+    splits: dict[str, Split]
+    vocabs: Vocabularies
+    datasets: dict[str, PostDataset]
+
+
+def load_data(data_dir: Path, config: ModelConfig, allow_random_features: bool) -> Data:
+    names = split_names(data_dir)
+    for required in ("train", "valid"):
+        if required not in names:
+            raise FileNotFoundError(f"{data_dir} has no {required!r} split (found: {names})")
+    splits = {name: read_split(data_dir, name) for name in names}
+    if config.vision != "none" and not allow_random_features:
+        random_splits = [n for n, s in splits.items() if s.random_weights and config.vision in s.features]
+        if random_splits:
+            raise ValueError(
+                f"the {config.vision!r} features of split(s) {random_splits} were computed with seeded RANDOM "
+                f"image weights (shard attribute random_weights): they carry no image information, so results "
+                f"would be meaningless. Rebuild the shards with real weights, or pass --allow-random-features "
+                f"for a smoke test.")
+    vocabs = Vocabularies.build(splits["train"], config)
+    return Data(splits, vocabs, {name: PostDataset(split, vocabs, config) for name, split in splits.items()})
 
 
 def load_glove(path: str | Path, words: list[str], dim: int, embedding: torch.Tensor) -> int:
@@ -71,27 +113,132 @@ def build_memory(train: PostDataset, vocabs: Vocabularies) -> KeyphraseMemory:
     return KeyphraseMemory.build(train.examples, len(vocabs.words), c.memory_k, c.memory_power)
 
 
-def save_checkpoint(model: KeyphraseModel, path: Path, extra: dict) -> None:
-    """Write to a temporary name, then rename: a checkpoint that exists is complete."""
-    tmp = path.with_suffix(".tmp")
-    torch.save({"config": model.config.to_dict(), "vocabs": model.vocabs.to_dict(),
-                "agg_weight": model.agg_weight, "vision_dim": model.vision_dim,
-                "state_dict": model.state_dict(),
-                "memory": model.memory.state() if model.memory is not None else None, **extra}, tmp)
-    os.replace(tmp, path)
+def vision_dim_of(data: Data) -> int | None:
+    train = data.datasets["train"]
+    if train.vision is None or not data.splits["train"].posts:
+        return None
+    return train.vision.read(0, 0)[0].shape[1]
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> KeyphraseModel:
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    model = KeyphraseModel(ModelConfig(**ckpt["config"]), Vocabularies.from_dict(ckpt["vocabs"]),
-                           vision_dim=ckpt["vision_dim"])
-    model.load_state_dict(ckpt["state_dict"])
-    model.agg_weight = ckpt["agg_weight"]
-    if ckpt.get("memory") is not None:
-        model.memory = KeyphraseMemory.from_state(ckpt["memory"]).to(device)
-    return model.to(device).eval()
+def build_model(config: ModelConfig, data: Data, device: torch.device, glove: str | None, log) -> KeyphraseModel:
+    """A freshly initialised model, with the training split's memory and optionally GloVe embeddings."""
+    model = KeyphraseModel(config, data.vocabs, vision_dim=vision_dim_of(data)).to(device)
+    if config.memory:
+        model.memory = build_memory(data.datasets["train"], data.vocabs).to(device)
+    if glove:
+        with torch.no_grad():
+            found = load_glove(glove, data.vocabs.words.words, config.emb_dim, model.embedding.weight)
+        log(f"glove: {found} of {len(data.vocabs.words)} words initialised from {glove}")
+    return model
 
 
+def build_optimizer(model: KeyphraseModel, config: ModelConfig):
+    """Adam over the parameters that learn now, and the plateau schedule of its learning rate."""
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                 weight_decay=config.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=0)
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+@dataclass
+class Schedule:
+    """What the next epoch does. Stage 1 (warm-up, b = 0) lasts `warmup_epochs`, or less when DEV stops
+    improving for `patience` epochs; stage 2 (aggregation on) ends after `patience` epochs without improvement.
+    A config without aggregation has stage 1 only, ended the same way."""
+    epochs: int
+    patience: int
+    stage2_from: int | None         # the first epoch of stage 2; None: no stage 2
+    stage: int = 1
+    epoch: int = 0                  # the last finished epoch
+    best: float = -math.inf         # the best DEV criterion so far and its epoch
+    best_epoch: int = 0
+    stale: int = 0                  # epochs since the best one (in the current stage)
+    stopped: bool = False           # early stopping decided
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> "Schedule":
+        return cls(config.epochs, config.patience, config.warmup_epochs + 1 if config.aggregate else None)
+
+    def begin_epoch(self) -> tuple[int, bool] | None:
+        """(the next epoch, whether stage 2 starts with it), or None when training is over."""
+        if self.stopped or self.epoch >= self.epochs:
+            return None
+        epoch = self.epoch + 1
+        starts_stage2 = self.stage == 1 and self.stage2_from is not None and epoch >= self.stage2_from
+        if starts_stage2:
+            self.stage, self.stale = 2, 0
+        return epoch, starts_stage2
+
+    def end_epoch(self, criterion: float) -> bool:
+        """Record the epoch's DEV criterion (higher is better); True when it is the best so far."""
+        self.epoch += 1
+        if criterion > self.best:
+            self.best, self.best_epoch, self.stale = criterion, self.epoch, 0
+            return True
+        self.stale += 1
+        if self.stale >= self.patience:
+            if self.stage == 1 and self.stage2_from is not None:
+                self.stage2_from = self.epoch + 1       # warm-up has converged: start stage 2 now
+            else:
+                self.stopped = True
+        return False
+
+
+def enter_stage2(model: KeyphraseModel, config: ModelConfig) -> None:
+    """Aggregation on; with `freeze_classifier` (the authors' stage 2) only the decoder keeps learning."""
+    model.agg_weight.fill_(config.agg_weight)
+    if config.freeze_classifier:
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("decoder.")
+
+
+# ----------------------------------------------------------------------------------------------- one epoch
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def train_epoch(model: KeyphraseModel, loader, optimizer, config: ModelConfig, device, epoch: int,
+                progress: bool) -> dict:
+    """One pass over the training batches -> mean losses per post, CPU and wall seconds (and the batches
+    skipped for a non-finite loss or gradient, when the config skips them)."""
+    model.train()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    sums, n_posts, skipped = {}, 0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch")
+    for number, batch in enumerate(bar, 1):
+        batch = batch.to(device)
+        losses = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        fault = None
+        if not torch.isfinite(losses["loss"]):
+            fault = f"loss {losses['loss'].item()}"
+        else:
+            losses["loss"].backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            if not torch.isfinite(norm):
+                fault = f"gradient norm {norm.item()}"
+        if fault is not None:
+            if config.on_nonfinite == "stop":
+                raise NonFiniteError(
+                    f"epoch {epoch}, batch {number}: non-finite {fault}; stopped before the optimizer step "
+                    f"(the last finished epoch is kept in {TRAINING_STATE}). Lower the learning rate, check the "
+                    f"data, or set on_nonfinite to 'skip' to skip such batches.")
+            optimizer.zero_grad(set_to_none=True)
+            skipped += 1
+            continue
+        optimizer.step()
+        n_posts += len(batch.index)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * len(batch.index)
+        bar.set_postfix(loss=f"{losses['loss'].item():.3f}",
+                        posts_s=f"{n_posts / (time.perf_counter() - wall0):.0f}")
+    record = {f"train_{k}": v / max(n_posts, 1) for k, v in sums.items()}
+    if config.on_nonfinite == "skip":
+        record["skipped_batches"] = skipped
+    return {**record, "train_cpu_s": time.process_time() - cpu0, "train_wall_s": time.perf_counter() - wall0}
+
+
+# ---------------------------------------------------------------------------------------------- validation
 @torch.no_grad()
 def split_candidates(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int = 64) -> list:
     """Generator and classifier candidates for every post of the dataset, in the split's order."""
@@ -104,9 +251,13 @@ def split_candidates(model: KeyphraseModel, dataset: PostDataset, device, batch_
     return out
 
 
-def rank_split(model: KeyphraseModel, candidates: list) -> list[list[str]]:
+def rank_split(model: KeyphraseModel, candidates: list,
+               weights: tuple[float, float] | None = None) -> list[list[str]]:
+    """Ranked keyphrases per post; `weights` (classifier, memory) of the unified ranking default to the
+    config's."""
     c = model.config
-    return [rank(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight, c.n_best) for cands in candidates]
+    cls_weight, mem_weight = weights or (c.rank_cls_weight, c.rank_mem_weight)
+    return [rank(cands, c.ranking, cls_weight, mem_weight, c.n_best) for cands in candidates]
 
 
 def predict_split(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int = 64) -> list[list[str]]:
@@ -114,21 +265,20 @@ def predict_split(model: KeyphraseModel, dataset: PostDataset, device, batch_siz
     return rank_split(model, split_candidates(model, dataset, device, batch_size))
 
 
-def select_rank_weight(model: KeyphraseModel, candidates: list, split: Split) -> dict:
-    """Scores on `split`; for the unified ranking, first set the classifier and memory weights that maximise
-    F1@1 on it (DEV chooses them, as it chooses the checkpoint; re-ranking the same candidates costs no
-    decoding). Ties go to the first in RANK_WEIGHT_GRID (the smaller weights)."""
+def select_rank_weight(model: KeyphraseModel, candidates: list, split: Split) -> tuple[tuple[float, float], dict]:
+    """The unified ranking's (classifier, memory) weights and the scores they give on `split`. When the config
+    tunes them, the weights of RANK_WEIGHT_GRID that maximise F1@1 on it (DEV chooses them, as it chooses the
+    checkpoint; re-ranking the same candidates costs no decoding); ties go to the first (the smaller weights)."""
     c = model.config
-    if c.ranking == "unified" and c.tune_rank_weight:
-        grid = RANK_WEIGHT_GRID
-        if model.memory is None:
-            grid = tuple(dict.fromkeys((cls, 0.0) for cls, _ in grid))
-        tried = {}
-        for c.rank_cls_weight, c.rank_mem_weight in grid:
-            tried[c.rank_cls_weight, c.rank_mem_weight] = score(rank_split(model, candidates), split)
-        c.rank_cls_weight, c.rank_mem_weight = max(tried, key=lambda w: tried[w]["f1@1"])
-        return tried[c.rank_cls_weight, c.rank_mem_weight]
-    return score(rank_split(model, candidates), split)
+    if not (c.ranking == "unified" and c.tune_rank_weight):
+        weights = (c.rank_cls_weight, c.rank_mem_weight)
+        return weights, score(rank_split(model, candidates, weights), split)
+    grid = RANK_WEIGHT_GRID
+    if model.memory is None:
+        grid = tuple(dict.fromkeys((cls, 0.0) for cls, _ in grid))
+    tried = {weights: score(rank_split(model, candidates, weights), split) for weights in grid}
+    best = max(tried, key=lambda w: tried[w]["f1@1"])
+    return best, tried[best]
 
 
 @torch.no_grad()
@@ -142,130 +292,193 @@ def validation_loss(model: KeyphraseModel, dataset: PostDataset, device, batch_s
     return total / max(n, 1)
 
 
+@dataclass
+class Validation:
+    loss: float
+    metrics: dict
+    weights: tuple[float, float]     # the unified ranking's (classifier, memory) weights the metrics used
+    decode_s: float
+
+
+def validate(model: KeyphraseModel, data: Data, device, config: ModelConfig) -> Validation:
+    loss = validation_loss(model, data.datasets["valid"], device, config.batch_size)
+    t0 = time.perf_counter()
+    candidates = split_candidates(model, data.datasets["valid"], device, config.batch_size)
+    weights, metrics = select_rank_weight(model, candidates, data.splits["valid"])
+    return Validation(loss, metrics, weights, time.perf_counter() - t0)
+
+
 def score(predictions: list[list[str]], split: Split) -> dict:
     return compute_metrics([p or [""] for p in predictions], [post.keyphrases for post in split.posts])
 
 
 def write_predictions(path: Path, predictions: list[list[str]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(";".join(kps) + "\n" for kps in predictions), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_file(path, "w") as f:
+        f.write("".join(";".join(kps) + "\n" for kps in predictions))
+
+
+def write_json(path: Path, obj) -> None:
+    with atomic_file(path, "w") as f:
+        f.write(json.dumps(obj, indent=1))
+
+
+# ---------------------------------------------------------------------------------------- training state
+def rng_states(loader) -> dict:
+    """Every random-number stream training draws from, as plain values (loadable without pickle)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [name, key.tolist(), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "shuffle": loader.batch_sampler.state_dict()}
+
+
+def restore_rng_states(states: dict, loader) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, key, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    loader.batch_sampler.load_state_dict(states["shuffle"])
+
+
+@dataclass
+class TrainingState:
+    """Everything the next epoch depends on: saved after every epoch, restored to resume a killed run."""
+    model: KeyphraseModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    loader: torch.utils.data.DataLoader
+    schedule: Schedule
+    history: list[dict]
+
+    @classmethod
+    def fresh(cls, config: ModelConfig, data: Data, seed: int, device, glove: str | None, log) -> "TrainingState":
+        model = build_model(config, data, device, glove, log)
+        optimizer, scheduler = build_optimizer(model, config)
+        loader = make_loader(data.datasets["train"], config.batch_size, shuffle=True, seed=seed)
+        return cls(model, optimizer, scheduler, loader, Schedule.of(config), [])
+
+    @classmethod
+    def resume(cls, path: Path, config: ModelConfig, data: Data, seed: int, device) -> "TrainingState":
+        saved = checkpoint.load(path)
+        if saved["seed"] != seed:
+            raise ValueError(f"{path}: the run was trained with seed {saved['seed']}, not {seed}: cannot resume it")
+        differ = sorted(k for k, v in config.to_dict().items() if saved["model"]["config"].get(k) != v)
+        if differ:
+            raise ValueError(f"{path}: the run was trained with other values of config fields {differ}: cannot "
+                             f"resume it with this config")
+        if saved["model"]["vocabs"] != data.vocabs.to_dict():
+            raise ValueError(f"{path}: the run was trained on other data (its vocabularies differ): cannot resume")
+        model = checkpoint.model_from_record(saved["model"], str(path), device)
+        schedule = Schedule(**saved["schedule"])
+        if schedule.stage == 2:
+            enter_stage2(model, config)
+        optimizer, scheduler = build_optimizer(model, config)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        loader = make_loader(data.datasets["train"], config.batch_size, shuffle=True, seed=seed)
+        restore_rng_states(saved["rng"], loader)
+        return cls(model, optimizer, scheduler, loader, schedule, saved["history"])
+
+    def save(self, path: Path, seed: int) -> None:
+        checkpoint.save({"format": checkpoint.CHECKPOINT_FORMAT, "seed": seed,
+                         "model": checkpoint.model_record(self.model), "optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.scheduler.state_dict(), "schedule": dataclasses.asdict(self.schedule),
+                         "history": self.history, "rng": rng_states(self.loader)}, path)
+
+
+# ------------------------------------------------------------------------------------------ run directory
+def clear_run_files(out_dir: Path, log) -> None:
+    """A fresh run must not leave an older run's files beside its own, where they could pass for its results."""
+    stale = [p for p in [*(out_dir / name for name in RUN_FILES), *sorted(out_dir.glob("pred_*.txt"))]
+             if p.exists()]
+    for path in stale:
+        path.unlink()
+    if stale:
+        log(f"{out_dir}: removed an earlier run's " + ", ".join(p.name for p in stale))
+
+
+def evaluate_best(out_dir: Path, data: Data, schedule: Schedule, seed: int, device, batch_size: int) -> tuple:
+    """The best checkpoint's predictions and scores on every split but train; refuses a checkpoint this run
+    did not write. -> (metrics per split, the checkpoint's config)."""
+    path = out_dir / CHECKPOINT
+    if schedule.best_epoch == 0:
+        raise RuntimeError("no epoch gave a finite DEV criterion: there is no checkpoint to evaluate")
+    saved = checkpoint.load(path, device)
+    if (saved.get("epoch"), saved.get("seed")) != (schedule.best_epoch, seed):
+        raise RuntimeError(f"{path} holds epoch {saved.get('epoch')} of seed {saved.get('seed')}, not this run's "
+                           f"best epoch {schedule.best_epoch} of seed {seed}")
+    model = checkpoint.model_from_record(saved, str(path), device).eval()
+    metrics = {}
+    for name, split in data.splits.items():
+        if name == "train":
+            continue
+        predictions = predict_split(model, data.datasets[name], device, batch_size)
+        write_predictions(out_dir / f"pred_{name}.txt", predictions)
+        metrics[name] = score(predictions, split)
+    return metrics, model.config
 
 
 def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: int = 1,
           device: str = "auto", glove: str | None = None, allow_random_features: bool = False,
-          log=print, progress: bool = True) -> dict:
+          log=print, progress: bool = True, resume: bool = False) -> dict:
+    """Train, select and evaluate; `resume` continues the run of `out_dir` from its last finished epoch (a run
+    directory without one starts afresh). Returns the scores of every split but train."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
     set_seed(seed)
-    names = split_names(data_dir)
-    for required in ("train", "valid"):
-        if required not in names:
-            raise FileNotFoundError(f"{data_dir} has no {required!r} split (found: {names})")
-    splits = {name: read_split(data_dir, name) for name in names}
-    if config.vision != "none" and not allow_random_features:
-        random_splits = [n for n, s in splits.items() if s.random_weights and config.vision in s.features]
-        if random_splits:
-            raise ValueError(
-                f"the {config.vision!r} features of split(s) {random_splits} were computed with seeded RANDOM "
-                f"image weights (shard attribute random_weights): they carry no image information, so results "
-                f"would be meaningless. Rebuild the shards with real weights, or pass --allow-random-features "
-                f"for a smoke test.")
-    vocabs = Vocabularies.build(splits["train"], config)
-    datasets = {name: PostDataset(split, vocabs, config) for name, split in splits.items()}
-    vision_dim = None
-    if datasets["train"].vision is not None:
-        vision_dim = datasets["train"].vision.read(0, 0)[0].shape[1] if splits["train"].posts else None
-    model = KeyphraseModel(config, vocabs, vision_dim=vision_dim).to(dev)
-    if config.memory:
-        model.memory = build_memory(datasets["train"], vocabs).to(dev)
-    if glove:
-        with torch.no_grad():
-            found = load_glove(glove, vocabs.words.words, config.emb_dim, model.embedding.weight)
-        log(f"glove: {found} of {len(vocabs.words)} words initialised from {glove}")
-    log(f"config {config.name}: {sum(p.numel() for p in model.parameters()):,} parameters; vocab {len(vocabs.words)} "
-        f"words, {len(vocabs.gen)} generator words, {len(vocabs.labels)} labels; "
-        + ", ".join(f"{n} {len(s.posts)} posts" for n, s in splits.items()) + f"; device {dev}")
+    data = load_data(data_dir, config, allow_random_features)
+    state_path = out_dir / TRAINING_STATE
+    if resume and state_path.exists():
+        state = TrainingState.resume(state_path, config, data, seed, dev)
+        log(f"resuming {out_dir} after epoch {state.schedule.epoch}")
+    else:
+        if resume:
+            log(f"{out_dir} has no {TRAINING_STATE}: nothing to resume, starting afresh")
+        clear_run_files(out_dir, log)
+        state = TrainingState.fresh(config, data, seed, dev, glove, log)
+    model = state.model
+    log(f"config {config.name}: {sum(p.numel() for p in model.parameters()):,} parameters; vocab "
+        f"{len(data.vocabs.words)} words, {len(data.vocabs.gen)} generator words, {len(data.vocabs.labels)} labels; "
+        + ", ".join(f"{n} {len(s.posts)} posts" for n, s in data.splits.items()) + f"; device {dev}")
 
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                 weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=0)
-    loader = make_loader(datasets["train"], config.batch_size, shuffle=True, seed=seed)
-    ckpt_path = out_dir / CHECKPOINT
-    best, best_epoch, stale, history = -math.inf, 0, 0, []
-    log_file = open(out_dir / "train.log", "w", encoding="utf-8")
-    stage2_epoch = config.warmup_epochs + 1 if config.aggregate else None
-    for epoch in range(1, config.epochs + 1):
-        if stage2_epoch is not None and epoch >= stage2_epoch and model.agg_weight == 0:
-            model.agg_weight = config.agg_weight
+    while (step := state.schedule.begin_epoch()) is not None:
+        epoch, starts_stage2 = step
+        if starts_stage2:
+            enter_stage2(model, config)
             log(f"stage 2 from epoch {epoch}: classifier aggregation on (b = {config.agg_weight})")
-            if config.freeze_classifier:    # the authors' stage 2: only the decoder keeps learning
-                for name, p in model.named_parameters():
-                    p.requires_grad = name.startswith("decoder.")
-                optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                 weight_decay=config.weight_decay)
-                scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=0)
-            stale = 0
-        model.train()
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        sums, n_posts = {}, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch")
-        for batch in bar:
-            batch = batch.to(dev)
-            losses = model(batch)
-            optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            optimizer.step()
-            n_posts += len(batch.index)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v.item() * len(batch.index)
-            bar.set_postfix(loss=f"{losses['loss'].item():.3f}",
-                            posts_s=f"{n_posts / (time.perf_counter() - wall0):.0f}")
-        train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        val_loss = validation_loss(model, datasets["valid"], dev, config.batch_size)
-        scheduler.step(val_loss)
-        t0 = time.perf_counter()
-        val_metrics = select_rank_weight(model, split_candidates(model, datasets["valid"], dev, config.batch_size),
-                                         splits["valid"])
-        decode_s = time.perf_counter() - t0
-        ranking_weights = {"rank_cls_weight": config.rank_cls_weight, "rank_mem_weight": config.rank_mem_weight}
-        record = {"epoch": epoch, "agg_weight": model.agg_weight,
-                  **(ranking_weights if config.ranking == "unified" else {}),
-                  **{f"train_{k}": v / max(n_posts, 1) for k, v in sums.items()},
-                  "valid_loss": val_loss, **{f"valid_{k}": val_metrics[k] for k in ("f1@1", "f1@3", "map@5")},
-                  "lr": optimizer.param_groups[0]["lr"], "train_cpu_s": train_cpu, "train_wall_s": train_wall,
-                  "decode_posts_per_s": len(splits["valid"].posts) / decode_s}
-        history.append(record)
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
+            if config.freeze_classifier:
+                state.optimizer, state.scheduler = build_optimizer(model, config)
+        fit = train_epoch(model, state.loader, state.optimizer, config, dev, epoch, progress)
+        val = validate(model, data, dev, config)
+        state.scheduler.step(val.loss)
+        weights = dict(zip(("rank_cls_weight", "rank_mem_weight"), val.weights))
+        record = {"epoch": epoch, "agg_weight": float(model.agg_weight),
+                  **(weights if config.ranking == "unified" else {}),
+                  **{k: v for k, v in fit.items() if not k.endswith("_s")},
+                  "valid_loss": val.loss, **{f"valid_{k}": val.metrics[k] for k in ("f1@1", "f1@3", "map@5")},
+                  "lr": state.optimizer.param_groups[0]["lr"], "train_cpu_s": fit["train_cpu_s"],
+                  "train_wall_s": fit["train_wall_s"],
+                  "decode_posts_per_s": len(data.splits["valid"].posts) / val.decode_s}
+        state.history.append(record)
+        with atomic_file(out_dir / "train.log", "w") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in state.history))
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        criterion = val_metrics["f1@1"] if config.select_on == "f1@1" else -val_loss
-        if criterion > best:
-            best, best_epoch, stale = criterion, epoch, 0
-            save_checkpoint(model, ckpt_path, {"epoch": epoch, "seed": seed})
-        else:
-            stale += 1
-            if stage2_epoch is not None and model.agg_weight == 0:
-                if stale >= config.patience:
-                    stage2_epoch = epoch + 1        # warm-up has converged: start stage 2 now
-            elif stale >= config.patience:
-                log(f"early stop: no DEV improvement for {stale} epochs")
-                break
-    log_file.close()
+        criterion = val.metrics["f1@1"] if config.select_on == "f1@1" else -val.loss
+        if state.schedule.end_epoch(criterion):
+            save_checkpoint(model, out_dir / CHECKPOINT, {"epoch": epoch, "seed": seed},
+                            config=dataclasses.replace(config, **weights))
+        if state.schedule.stopped:
+            log(f"early stop: no DEV improvement for {state.schedule.stale} epochs")
+        state.save(state_path, seed)
 
-    model = load_checkpoint(ckpt_path, dev)
-    metrics = {}
-    for name, split in splits.items():
-        if name == "train":
-            continue
-        predictions = predict_split(model, datasets[name], dev, config.batch_size)
-        write_predictions(out_dir / f"pred_{name}.txt", predictions)
-        metrics[name] = score(predictions, split)
-    summary = {"config": config.to_dict(), "seed": seed, "best_epoch": best_epoch, "history": history}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (out_dir / "run.json").write_text(json.dumps(summary, indent=1))
-    log(f"best epoch {best_epoch}: " + "; ".join(
+    metrics, best_config = evaluate_best(out_dir, data, state.schedule, seed, dev, config.batch_size)
+    write_json(out_dir / "run.json", {"config": best_config.to_dict(), "seed": seed,
+                                      "best_epoch": state.schedule.best_epoch, "history": state.history})
+    write_json(out_dir / "metrics.json", metrics)
+    log(f"best epoch {state.schedule.best_epoch}: " + "; ".join(
         f"{n} F1@1 {m['f1@1']:.2f} F1@3 {m['f1@3']:.2f} MAP@5 {m['map@5']:.2f}" for n, m in metrics.items()))
     return metrics

@@ -39,7 +39,7 @@ def test_idf_and_vectors_are_tf_idf_of_the_training_posts():
     assert idf[N_WORDS + 5].item() == pytest.approx(math.log(4 / 2))   # attribute word 5: its own feature
     assert idf[4].item() == 0.0 and idf[N_WORDS + 4].item() == 0.0    # <sep> is no evidence
     # word 11 twice: tf = 1 + ln 2; the row is L2-normalised
-    keys = memory.keys.to_dense()
+    keys = memory.keys().to_dense()
     assert keys.shape == (4, 2 * N_WORDS)
     assert keys[3, 11].item() == pytest.approx(1.0)
     row = torch.tensor([idf[5], idf[6], idf[7]])
@@ -49,7 +49,7 @@ def test_idf_and_vectors_are_tf_idf_of_the_training_posts():
 def test_vote_of_the_nearest_posts_weighted_by_similarity():
     memory = KeyphraseMemory.build(TRAIN, N_WORDS, k=2, power=1.0)
     p = query(memory, [[5, 6, 7]])                           # the first training post's words exactly
-    keys = memory.keys.to_dense()
+    keys = memory.keys().to_dense()
     sim0, sim1 = 1.0, (keys[0] @ keys[1]).item()             # its two neighbours
     assert 0 < sim1 < 1
     # label 1: both neighbours; label 2: the second only
@@ -79,8 +79,9 @@ def test_posts_without_evidence_get_no_vote():
 def test_chunked_build_and_checkpoint_state_give_the_same_memory():
     whole = KeyphraseMemory.build(TRAIN, N_WORDS, k=2, power=2.0)
     chunked = KeyphraseMemory.build(TRAIN, N_WORDS, k=2, power=2.0, chunk=1)
-    assert torch.equal(whole.keys.to_dense(), chunked.keys.to_dense())
-    restored = KeyphraseMemory.from_state(whole.state())
+    assert torch.equal(whole.keys().to_dense(), chunked.keys().to_dense())
+    restored = KeyphraseMemory(N_WORDS, k=2, power=2.0)        # empty: the saved tensors set its size
+    restored.load_state_dict(whole.state_dict())
     posts, attrs = [[5, 6], [9, 10, 8], [7]], [[5], [], []]
     assert torch.equal(query(whole, posts, attrs), query(restored, posts, attrs))
     assert (restored.k, restored.power) == (2, 2.0)

@@ -144,12 +144,12 @@ def test_copy_and_aggregation_distributions(data_dir):
     p_gen = torch.full((N, T, 1), 0.25)
     attn = torch.softmax(torch.randn(N, T, L).masked_fill(~enc.src_mask.unsqueeze(1), float("-inf")), -1)
     for b in (0.0, 0.5):
-        model.agg_weight = b
+        model.agg_weight.fill_(b)
         dist = model.output_distribution(p_vocab, p_gen, attn, enc, batch.n_oov)
         assert dist.shape == (N, T, V + batch.n_oov)
         torch.testing.assert_close(dist.sum(-1), torch.ones(N, T))
     # With p_gen = 0 and b = 0 all mass is copy mass: it lands on each source word's id, OOVs included.
-    model.agg_weight = 0.0
+    model.agg_weight.fill_(0.0)
     dist = model.output_distribution(p_vocab, torch.zeros(N, T, 1), attn, enc, batch.n_oov)
     post = 2
     pos = words_index(model.vocabs, dataset.examples[post], "sunset")
@@ -158,7 +158,7 @@ def test_copy_and_aggregation_distributions(data_dir):
     torch.testing.assert_close(dist[post, :, oov_id], attn[post, :, pos])
     torch.testing.assert_close(dist[post].sum(-1), torch.ones(T))
     # With p_gen = 0 and b = 1 all mass is the classifier's: on the words of its top-K labels only.
-    model.agg_weight = 1.0
+    model.agg_weight.fill_(1.0)
     dist = model.output_distribution(p_vocab, torch.zeros(N, T, 1), attn, enc, batch.n_oov)
     top = enc.cls_logits.topk(config.agg_top_k, dim=1).indices
     for row in range(N):
@@ -185,7 +185,7 @@ def test_beam_one_equals_greedy(data_dir):
     config = ModelConfig(**TINY)
     model, dataset, batch = build(data_dir, config, seed=3)
     model.eval()
-    model.agg_weight = 0.5
+    model.agg_weight.fill_(0.5)
     greedy_tokens = greedy(model, batch, 4)
     hyps = beam_search(model, batch, beam=1, max_len=4)
     for row in range(batch.src.shape[0]):
@@ -328,3 +328,24 @@ def test_glove_vectors_fill_the_rows_of_known_words(tmp_path):
     assert embedding.tolist() == [[0, 0, 0], [1, 2, 3], [7, 8, 9], [0, 0, 0]]
     with pytest.raises(ValueError, match="no 5-d vectors"):
         load_glove(glove, ["<pad>", "cat"], 5, torch.zeros(2, 5))
+
+
+def test_state_dict_carries_the_aggregation_weight_and_the_memory(data_dir):
+    from model.beam import candidates_batch
+    from model.memory import KeyphraseMemory
+    config = dataclasses.replace(CONFIGS["gen-cls-m3h-att"], **TINY)
+    model, dataset, batch = build(data_dir, config)
+    # k and power are the config's (a model rebuilt from its config has them)
+    model.memory = KeyphraseMemory.build(dataset.examples, len(model.vocabs.words), config.memory_k,
+                                         config.memory_power)
+    model.agg_weight.fill_(0.3)
+    state = model.state_dict()
+    assert float(state["agg_weight"]) == 0.3 and state["memory.labels"].shape[0] == len(POSTS)
+    fresh = KeyphraseModel(config, model.vocabs)        # an empty memory, b = 0: the saved tensors replace both
+    assert float(fresh.agg_weight) == 0.0 and len(fresh.memory.labels) == 0
+    fresh.load_state_dict(state)
+    assert float(fresh.agg_weight) == 0.3 and len(fresh.memory.labels) == len(POSTS)
+    model.eval(), fresh.eval()
+    assert candidates_batch(fresh, batch) == candidates_batch(model, batch)
+    moved = fresh.to(torch.float64)                    # .to() reaches the memory's buffers with the rest
+    assert moved.memory.idf.dtype == torch.float64 and moved.agg_weight.dtype == torch.float64
