@@ -10,17 +10,24 @@ that was killed resumes without downloading or validating again what it already 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_DEADLINE = 120.0  # seconds for one whole download, however slowly its bytes come
+MAX_REDIRECTS = 5
+MAX_RETRY_AFTER = 30.0  # seconds of Retry-After waited for; a longer wait defers the image to a rerun
 USER_AGENT = "cmkp-pipeline (research dataset builder)"
 
 # Magic numbers -> extension. Only formats Pillow decodes; anything else is not kept.
@@ -56,13 +63,24 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+class CappedRetry(Retry):
+    """urllib3's Retry, except that a Retry-After longer than `MAX_RETRY_AFTER` is not waited for: the
+    response is handed back at once (and the image deferred to a rerun) instead of sleeping for a day."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        wait = self.get_retry_after(response) if response is not None else None
+        if wait is not None and wait > MAX_RETRY_AFTER:
+            raise MaxRetryError(_pool, url, ResponseError(f"Retry-After {wait:.0f} s > {MAX_RETRY_AFTER:.0f} s"))
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 def make_session(retries: int = 3, backoff: float = 0.5,
                  retry_statuses: tuple[int, ...] = (429, 500, 502, 503, 504)) -> requests.Session:
     """A session retrying connection errors and `retry_statuses` with exponential backoff (honouring
-    Retry-After)."""
-    retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
-                  status_forcelist=retry_statuses, allowed_methods=("GET", "HEAD"),
-                  respect_retry_after_header=True, raise_on_status=False)
+    Retry-After up to `MAX_RETRY_AFTER`). Redirects are followed by `download`, hop by hop."""
+    retry = CappedRetry(total=retries, connect=retries, read=retries, status=retries, redirect=0,
+                        backoff_factor=backoff, status_forcelist=retry_statuses, allowed_methods=("GET", "HEAD"),
+                        respect_retry_after_header=True, raise_on_status=False)
     session = requests.Session()
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
@@ -71,39 +89,113 @@ def make_session(retries: int = 3, backoff: float = 0.5,
     return session
 
 
-def download(session: requests.Session, url: str, max_bytes: int = DEFAULT_MAX_BYTES,
-             timeout: float = 20.0) -> bytes:
-    """The body at `url` (http/https only), at most `max_bytes`, or FetchError with the reason."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https"):
-        raise FetchError("bad_url", f"scheme {scheme or '(none)'!r} is not http/https: {url[:200]}")
+def retry_after(response: requests.Response) -> float | None:
+    """The response's Retry-After in seconds (a number or an HTTP date), or None."""
+    value = response.headers.get("Retry-After")
     try:
-        with session.get(url, stream=True, timeout=timeout, allow_redirects=True) as response:
-            # Redirects are followed by requests; a redirect to another scheme is refused too.
-            if urlsplit(response.url).scheme.lower() not in ("http", "https"):
-                raise FetchError("bad_url", f"redirected to {response.url[:200]}")
-            if response.status_code != 200:
-                raise FetchError("http_error", f"HTTP {response.status_code} for {url[:200]}",
-                                 retryable=response.status_code == 429 or response.status_code >= 500)
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise FetchError("too_large", f"Content-Length {declared} > {max_bytes} bytes")
-            chunks, size = [], 0
-            for chunk in response.iter_content(chunk_size=65536):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise FetchError("too_large", f"more than {max_bytes} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except requests.RequestException as err:
+        return Retry().parse_retry_after(value) if value else None
+    except urllib3.exceptions.InvalidHeader:
+        return None
+
+
+def check_url(url: str) -> None:
+    """FetchError `bad_url` unless `url` is http(s) with a host that can be resolved as written."""
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises on a port that is not a number in range
+    except ValueError as err:
+        raise FetchError("bad_url", f"unparsable ({err}): {url[:200]}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise FetchError("bad_url", f"scheme {parts.scheme or '(none)'!r} is not http/https: {url[:200]}")
+    if not host:
+        raise FetchError("bad_url", f"no host: {url[:200]}")
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or any(not 0 < len(label) <= 63 for label in labels):
+        raise FetchError("bad_url", f"host {host[:80]!r}: a label empty or over 63 characters, or over 253 in all")
+    try:
+        host.encode("idna")
+    except UnicodeError as err:
+        raise FetchError("bad_url", f"host {host[:80]!r} is not a valid name ({err})") from None
+
+
+def download(session: requests.Session, url: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = 20.0,
+             deadline: float = DEFAULT_DEADLINE) -> bytes:
+    """The body at `url`, at most `max_bytes`, within `deadline` seconds in all, or FetchError with the reason.
+
+    Redirects are followed here, at most `MAX_REDIRECTS`, each hop's URL checked like the first (http/https,
+    a valid host), so a redirect to `file:` or `data:` is refused and a loop ends. `timeout` bounds each
+    connect and each read; `deadline` the whole download, so a server that sends a byte every few seconds
+    cannot hold a worker for longer (the check runs between reads: the bound is `deadline` plus one read).
+    """
+    give_up = time.monotonic() + deadline
+    visited = []
+    try:
+        while True:
+            check_url(url)
+            if url in visited:
+                raise FetchError("redirect_loop", " -> ".join(u[:100] for u in visited + [url]))
+            if len(visited) > MAX_REDIRECTS:
+                raise FetchError("too_many_redirects", f"more than {MAX_REDIRECTS} from {visited[0][:200]}")
+            visited.append(url)
+            with session.get(url, stream=True, timeout=timeout, allow_redirects=False) as response:
+                if response.is_redirect:
+                    url = urljoin(url, response.headers["Location"])
+                    continue
+                return _body(response, url, max_bytes, give_up, deadline)
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
         raise FetchError("network_error", f"{type(err).__name__}: {err}"[:300], retryable=True) from None
+    except ValueError as err:  # a redirect's Location that cannot be parsed (the URLs asked for were checked)
+        raise FetchError("bad_url", f"redirected from {url[:200]} to an unparsable URL ({err})") from None
+
+
+def _body(response: requests.Response, url: str, max_bytes: int, give_up: float, deadline: float) -> bytes:
+    if response.status_code != 200:
+        wait = retry_after(response)
+        if wait is not None and wait > MAX_RETRY_AFTER:
+            raise FetchError("deferred", f"HTTP {response.status_code} for {url[:200]} asks to wait {wait:.0f} s "
+                             f"(over {MAX_RETRY_AFTER:.0f} s): left for a rerun", retryable=True)
+        raise FetchError("http_error", f"HTTP {response.status_code} for {url[:200]}",
+                         retryable=response.status_code == 429 or response.status_code >= 500)
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise FetchError("too_large", f"Content-Length {declared} > {max_bytes} bytes")
+    chunks, size = [], 0
+    # read1: whatever one read of the socket gives, so the deadline is checked however slowly bytes come.
+    while chunk := response.raw.read1(65536, decode_content=True):
+        size += len(chunk)
+        if size > max_bytes:
+            raise FetchError("too_large", f"more than {max_bytes} bytes")
+        if time.monotonic() > give_up:
+            raise FetchError("too_slow", f"{size} bytes after the {deadline:.0f} s deadline for {url[:200]}",
+                             retryable=True)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def read_local(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    size = os.path.getsize(path)
-    if size > max_bytes:
-        raise FetchError("too_large", f"{size} bytes > {max_bytes}")
-    return Path(path).read_bytes()
+    """A file listed in an archive's `media/` (or a release's `images/`): at most `max_bytes`, and only if
+    it really lies in that directory (a symlink out of it is refused: `outside_archive`)."""
+    path = Path(path)
+    try:
+        if not path.resolve().is_relative_to(path.parent.resolve()):
+            raise FetchError("outside_archive", f"{path.name} links to a file outside {path.parent}")
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except RuntimeError as err:  # a symlink loop
+        raise FetchError("unreadable", f"{path}: {err}", retryable=True) from None
+    except FileNotFoundError:
+        # Listed when the source was read, gone now: it may come back, so a rerun looks again.
+        raise FetchError("image_missing", f"{path} was deleted after the archive was listed", retryable=True) from None
+    except OSError as err:
+        raise FetchError("unreadable", f"{path}: {err.strerror or err}", retryable=True) from None
+    if len(data) > max_bytes:
+        raise FetchError("too_large", f"more than {max_bytes} bytes")
+    return data
 
 
 class ImageStore:

@@ -1,8 +1,11 @@
 """The X/Twitter API v2 client: search (recent or full archive) and id hydration, crawled into page files.
 
-- Bearer token from an environment variable (`TWITTER_BEARER_TOKEN` by default), never a parameter or a file.
-- Rate limits: on HTTP 429 the client sleeps until `x-rate-limit-reset` (epoch seconds) and retries; network
-  errors and 5xx are retried with exponential backoff by urllib3's Retry.
+- Bearer token from an environment variable (`TWITTER_BEARER_TOKEN` by default), never a parameter or a file;
+  it is sent only over https (or plain http to a loopback address, for tests), never follows a redirect, and
+  is masked out of every error message.
+- Rate limits: on HTTP 429 the client sleeps until `x-rate-limit-reset` (epoch seconds, at most
+  `MAX_RATE_LIMIT_WAIT`; a later reset fails the crawl, which a rerun resumes) and retries; network errors and
+  5xx are retried with exponential backoff by urllib3's Retry.
 - Pagination by `meta.next_token`. Every page is written as `page-NNNNN.jsonl` (one twarc2 page per file,
   write-then-rename) before the next is asked for, so a crawl that dies resumes from the last page written.
 - `ids`: a file of tweet ids (one per line, `#` comments allowed) hydrated in batches of 100 through
@@ -11,6 +14,7 @@
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -18,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
+from urllib.parse import urlsplit
 
 import requests
 
@@ -38,16 +43,30 @@ FIELDS = {
     "user.fields": "id,username",
 }
 PAGE_RE = re.compile(r"^page-(\d{5})\.jsonl$")
+MAX_RATE_LIMIT_WAIT = 16 * 60  # seconds; the API's rate-limit windows are 15 minutes
 
 
 class ApiError(RuntimeError):
     pass
 
 
+def is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
 class ApiClient:
     def __init__(self, base_url: str = DEFAULT_BASE_URL, token_env: str = TOKEN_ENV, timeout: float = 30.0,
                  max_rate_limit_waits: int = 10, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time):
+        parts = urlsplit(base_url)
+        if not (parts.scheme == "https" or parts.scheme == "http" and is_loopback(parts.hostname)):
+            raise ApiError(f"API base URL {base_url!r}: the bearer token is sent only over https "
+                           f"(plain http only to a loopback address)")
         token = os.environ.get(token_env)
         if not token:
             raise ApiError(f"set the bearer token in the environment variable {token_env}")
@@ -55,25 +74,41 @@ class ApiClient:
         self.timeout = timeout
         self.max_rate_limit_waits = max_rate_limit_waits
         self.sleep, self.clock = sleep, clock
+        self._token = token
         # 429 is handled here (wait for the reset time), so urllib3 retries only network errors and 5xx.
         self.session = make_session(retry_statuses=(500, 502, 503, 504))
         self.session.headers["Authorization"] = f"Bearer {token}"
 
+    def error(self, message: str) -> ApiError:
+        """An ApiError whose message cannot carry the token (a server may echo the request back)."""
+        return ApiError(message.replace(self._token, "[token]"))
+
     def get(self, path: str, params: dict) -> dict:
         for _ in range(self.max_rate_limit_waits + 1):
             try:
-                response = self.session.get(self.base_url + path, params=params, timeout=self.timeout)
+                # No redirects: the Authorization header must go nowhere but the configured server.
+                response = self.session.get(self.base_url + path, params=params, timeout=self.timeout,
+                                            allow_redirects=False)
             except requests.RequestException as err:
-                raise ApiError(f"GET {path} failed: {err}") from err
+                raise self.error(f"GET {path} failed: {err}") from None
             if response.status_code == 429:
                 reset = response.headers.get("x-rate-limit-reset", "")
                 wait = float(reset) - self.clock() if reset.isdigit() else 60.0
+                if wait > MAX_RATE_LIMIT_WAIT:
+                    raise self.error(f"GET {path}: rate limited until {wait:.0f} s from now (over "
+                                     f"{MAX_RATE_LIMIT_WAIT} s); run again later, the crawl resumes")
                 self.sleep(max(wait, 1.0))
                 continue
             if response.status_code != 200:
-                raise ApiError(f"GET {path}: HTTP {response.status_code}: {response.text[:300]}")
-            return response.json()
-        raise ApiError(f"GET {path}: still rate limited after {self.max_rate_limit_waits} waits")
+                raise self.error(f"GET {path}: HTTP {response.status_code}: {response.text[:300]}")
+            try:
+                page = response.json()
+            except ValueError:
+                raise self.error(f"GET {path}: the response is not JSON: {response.text[:300]}") from None
+            if not isinstance(page, dict):
+                raise self.error(f"GET {path}: the response is not a JSON object: {response.text[:300]}")
+            return page
+        raise self.error(f"GET {path}: still rate limited after {self.max_rate_limit_waits} waits")
 
     def search(self, query: str, endpoint: str = "recent", next_token: str | None = None,
                max_results: int = 100) -> dict:
@@ -95,6 +130,16 @@ def _write_page(path: Path, page: dict) -> None:
     os.replace(tmp, path)
 
 
+def next_token_of(page: dict) -> str | None:
+    """The page's `meta.next_token` (None at the end of a search); ApiError if it is malformed, since a
+    crawl must neither stop early nor loop on it."""
+    meta = page.get("meta") or {}
+    token = meta.get("next_token") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or token is not None and not isinstance(token, str):
+        raise ApiError(f"the page's meta is malformed: {json.dumps(meta)[:200]}")
+    return token or None
+
+
 def page_files(pages_dir: Path) -> list[Path]:
     return sorted(p for p in pages_dir.glob("page-*.jsonl") if PAGE_RE.match(p.name))
 
@@ -107,7 +152,7 @@ def crawl_search(client: ApiClient, query: str, pages_dir: Path, endpoint: str =
     next_token = None
     if written:
         last = json.loads(written[-1].read_text())
-        next_token = (last.get("meta") or {}).get("next_token")
+        next_token = next_token_of(last)
         if not next_token:
             return written  # the crawl had reached its end
     while not max_pages or len(written) < max_pages:
@@ -116,7 +161,7 @@ def crawl_search(client: ApiClient, query: str, pages_dir: Path, endpoint: str =
         _write_page(path, page)
         written.append(path)
         progress(f"crawled {len(written)} pages")
-        next_token = (page.get("meta") or {}).get("next_token")
+        next_token = next_token_of(page)
         if not next_token:
             break
     return written
@@ -150,12 +195,18 @@ def hydrate(client: ApiClient, ids: list[str], pages_dir: Path,
     return paths
 
 
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value] if isinstance(value, dict) else []
+
+
 def unavailable_ids(paths: list[Path], log: StageLog) -> None:
     """Reject the requested ids a lookup page did not return."""
     for path in paths:
         page = json.loads(path.read_text())
-        returned = {str(t.get("id")) for t in page.get("data") or []}
-        errors = {str(e.get("resource_id", e.get("value", ""))): e.get("title", "") for e in page.get("errors") or []}
+        # Only the fields of well-formed entries are used; read_lines rejects the malformed ones.
+        returned = {str(t.get("id")) for t in as_list(page.get("data")) if isinstance(t, dict)}
+        errors = {str(e.get("resource_id", e.get("value", ""))): str(e.get("title", ""))
+                  for e in as_list(page.get("errors")) if isinstance(e, dict)}
         for tweet_id in page.get("__cmkp", {}).get("requested_ids", []):
             if tweet_id not in returned:
                 log.reject(tweet_id, "unavailable", errors.get(tweet_id, "not returned by the API"))
