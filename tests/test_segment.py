@@ -1,4 +1,4 @@
-"""Hashtag segmentation (pipeline/segment.py) and the cmkp-segment command."""
+"""Hashtag segmentation (pipeline/segment/) and the cmkp-segment command."""
 import os
 import shutil
 import subprocess
@@ -15,7 +15,9 @@ from click.testing import CliRunner
 
 from pipeline.segment import (FEATURES, MAPPING_FILE_NAME, SegmenterConfig, WordStats, build_segmenter,
                               VOTING_FEATURES, candidate_features, default_mapping_file, learn_mappings, main,
-                              mixed_counts, read_mapping_file, reranker_examples, web_counts, with_source_votes)
+                              mixed_counts, read_cmkp_src, read_mapping_file, reranker_examples, web_counts,
+                              with_source_votes)
+from pipeline.segment.features import feature_matrix
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -246,7 +248,10 @@ def test_installed_wheel_finds_its_mapping_list(tmp_path):
     (Path(env_site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
     shutil.rmtree(source)  # no checkout left to fall back on
     script = "import pipeline.segment as s; print(s.__file__); print(s.default_mapping_file())"
-    result = subprocess.run([env_python, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    # without PYTHONPATH: a checkout lent that way would be imported instead of the installed package
+    isolated = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    result = subprocess.run([env_python, "-c", script], cwd=tmp_path, env=isolated, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0, result.stderr
     module_file, mapping_file = result.stdout.split("\n")[:2]
     assert Path(module_file).is_relative_to(env_site)
@@ -283,8 +288,9 @@ def test_a_digit_run_longer_than_a_word_is_kept_whole(segmenter):
 def test_candidate_features(segmenter):
     stats = WordStats(["my cat s are here", "cat s"], ["cat s", "new york", "newyork"],
                       learned={"bookday": "book day", "catlover": "catlover"})
-    features = dict(zip(FEATURES, candidate_features(["cat", "lover", "s", "i", "book", "day", "2", "a"], -30.0, 0,
-                                                     segmenter.viterbi.Pw, stats)))
+    features = candidate_features(["cat", "lover", "s", "i", "book", "day", "2", "a"], -30.0, 0,
+                                  segmenter.viterbi.Pw, stats)
+    assert tuple(features) == FEATURES  # by name, in the feature matrix's column order
     assert features["search log10 P"] == -30.0 and features["search's best"] == 1
     assert features["words"] == 8
     assert features["lone letters"] == 1  # `s`; `a`, `i` are words and counted apart, `2` is a number
@@ -295,17 +301,31 @@ def test_candidate_features(segmenter):
     assert features["learned keys split"] == 0  # no word of this candidate is a key the training keyphrases split
     assert features["learned pairs glued"] == 1  # cat + lover: the training keyphrases glue `catlover`
     assert features["vowel-less words"] == 0  # `s` is a lone letter, `2` a number
-    acronyms = dict(zip(FEATURES, candidate_features(["a", "fcb", "my", "nfl", "7"], -20.0, 1,
-                                                     segmenter.viterbi.Pw, stats)))
+    acronyms = candidate_features(["a", "fcb", "my", "nfl", "7"], -20.0, 1, segmenter.viterbi.Pw, stats)
     assert acronyms["vowel-less words"] == 2  # `fcb`, `nfl`; `y` is a vowel (`my`), `a` one letter, `7` a number
-    split = dict(zip(FEATURES, candidate_features(["bookday"], -9.0, 3, segmenter.viterbi.Pw, stats)))
+    split = candidate_features(["bookday"], -9.0, 3, segmenter.viterbi.Pw, stats)
     assert split["learned keys split"] == 1 and split["search's best"] == 0 and split["longest word share"] == 1
     # an unknown word costs more the longer it is, in every source
     short, long = (candidate_features([word], -9.0, 1, segmenter.viterbi.Pw, stats)
                    for word in ("qzx", "qzxqzx"))
     for source in ("web log10 P", "wordfreq log10 P", "corpus log10 P", "lexicon log10 P"):
-        index = FEATURES.index(source)
-        assert long[index] == pytest.approx(short[index] - 3), source
+        assert long[source] == pytest.approx(short[source] - 3), source
+    # the reranker's matrix puts each feature in its own column and refuses names it does not know
+    assert feature_matrix([features, split])[1].tolist() == [float(split[name]) for name in FEATURES]
+    with pytest.raises(ValueError, match="not the reranker's"):
+        feature_matrix([{**split, "extra": 1.0}])
+    with pytest.raises(ValueError, match="not the reranker's"):
+        feature_matrix([{name: value for name, value in split.items() if name != "words"}])
+
+
+def test_release_file_errors_name_the_line(tmp_path):
+    path = tmp_path / "train_src.txt"
+    path.write_text("a post <url><sep> Go  Team ;;zorblax<sep>https://example.org/1.jpg\n\n"
+                    "a post without its url<sep>go team\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train_src.txt:3: expected 3 fields separated by <sep>, got 2"):
+        read_cmkp_src(path)
+    path.write_text("a post <url><sep> Go  Team ;;zorblax<sep>https://example.org/1.jpg\n", encoding="utf-8")
+    assert read_cmkp_src(path) == [("a post <url>", ["Go Team", "zorblax"])]
 
 
 def test_source_votes_mark_each_sources_favourite():
@@ -366,11 +386,11 @@ def test_reranker_examples_never_see_their_own_label(plural_convention):
     assert len(examples) + sum(skipped.values()) == len(NOUNS) + 1 + 1
     assert skipped["answered by a mapping"] == 2  # cats, in each fold
     _, features, index = next(example for example in examples if example[0] == "dinosaurpark")
-    label = dict(zip(FEATURES, features[index]))
+    label = features[index]
     # its own keyphrase is not in the lexicon it is scored with: neither word nor the pair was counted
     assert label["lexicon words"] == 0 and label["lexicon pairs"] == 0
     _, features, index = next(example for example in examples if example[0] == "dogs")
-    assert dict(zip(FEATURES, features[index]))["lexicon words"] == 1  # `s`, from the other fold's plurals
+    assert features[index]["lexicon words"] == 1  # `s`, from the other fold's plurals
 
 
 def test_reranker_partition_seed_shuffles_the_parts():

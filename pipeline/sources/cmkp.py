@@ -58,6 +58,16 @@ def _read_lines(path: Path) -> list[str | BadRecord]:
     return [line for _, line in capped_lines(path)]
 
 
+def parse_src_line(line: str) -> tuple[str, list[str], str]:
+    """(text, keyphrases, image URL) of one `{split}_src.txt` line, each field stripped, each keyphrase's
+    whitespace collapsed and empty keyphrases dropped; a ValueError if the line is not three fields."""
+    fields = line.split(SEP)
+    if len(fields) != 3:
+        raise ValueError(f"expected 3 fields separated by {SEP}, got {len(fields)}")
+    text, keyphrase_field, image_url = (field.strip() for field in fields)
+    return text, [" ".join(kp.split()) for kp in keyphrase_field.split(";") if kp.strip()], image_url
+
+
 def read_release(directory: str | Path, log: StageLog) -> Iterator[dict]:
     """Yield one record per usable line of every split; malformed lines are rejected into `log`.
 
@@ -82,17 +92,16 @@ def read_release(directory: str | Path, log: StageLog) -> Iterator[dict]:
             if bad := next(((name, value) for name, value in unreadable if isinstance(value, BadRecord)), None):
                 log.reject(record_id, bad[1].reason, f"{bad[0]} line {index + 1}: {bad[1].detail}")
                 continue
-            fields = line.split(SEP)
-            if len(fields) != 3:
-                log.reject(record_id, "malformed_line", f"expected 3 fields separated by {SEP}, got {len(fields)}")
+            try:
+                text, keyphrases, image_url = parse_src_line(line)
+            except ValueError as error:
+                log.reject(record_id, "malformed_line", str(error))
                 continue
-            text, keyphrase_field, image_url = (field.strip() for field in fields)
-            keyphrases = [" ".join(kp.split()) for kp in keyphrase_field.split(";") if kp.strip()]
             if not text:
                 log.reject(record_id, "empty_text", "")
                 continue
             if not keyphrases:
-                log.reject(record_id, "no_keyphrase", keyphrase_field)
+                log.reject(record_id, "no_keyphrase", line.split(SEP)[1].strip())
                 continue
             record = {
                 "id": record_id,
