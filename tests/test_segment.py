@@ -326,6 +326,9 @@ def test_release_file_errors_name_the_line(tmp_path):
         read_cmkp_src(path)
     path.write_text("a post <url><sep> Go  Team ;;zorblax<sep>https://example.org/1.jpg\n", encoding="utf-8")
     assert read_cmkp_src(path) == [("a post <url>", ["Go Team", "zorblax"])]
+    path.write_bytes(b"caf\xe9<sep>cafe<sep>https://example.org/1.jpg\n")
+    with pytest.raises(ValueError, match=r"train_src.txt:1: invalid_utf8"):
+        read_cmkp_src(path)
 
 
 def test_source_votes_mark_each_sources_favourite():
