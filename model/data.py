@@ -58,6 +58,30 @@ class Split:
     shard_paths: list[Path]
     features: set[str]          # feature groups present in every shard of the split
     random_weights: bool        # some shard holds image features from seeded random weights
+    text_embedding: np.ndarray | None = None        # [N, D] float32 unit rows, in `posts` order
+    text_embedding_provenance: dict | None = None   # {"weights", "sha256", "meta"} of the model that made them
+
+
+# What must agree for two sets of text embeddings to be comparable (docs/FORMAT.md).
+TEXT_EMBEDDING_META_KEYS = ("pooling", "normalize", "dim", "max_length", "input")
+
+
+def text_embedding_provenance(attrs) -> dict:
+    """The embedding model's record from a shard's attributes (values as h5py returns them)."""
+    meta = attrs["text_embedding_meta"]
+    return {"weights": str(attrs["text_embedding_weights"]), "sha256": str(attrs["text_embedding_weights_sha256"]),
+            "meta": json.loads(meta) if isinstance(meta, (str, bytes)) else dict(meta)}
+
+
+def check_text_embedding(expected: dict, found: dict, what: str) -> None:
+    """Raise unless `found` embeddings were made by the same model, pooling and input as `expected`."""
+    differ = [k for k in TEXT_EMBEDDING_META_KEYS if expected["meta"].get(k) != found["meta"].get(k)]
+    if expected["sha256"] != found["sha256"] or differ:
+        raise ValueError(
+            f"{what}: text embeddings from {found['weights']} (sha256 {found['sha256'][:12]}, "
+            f"{ {k: found['meta'].get(k) for k in TEXT_EMBEDDING_META_KEYS} }) are not comparable with those of "
+            f"{expected['weights']} (sha256 {expected['sha256'][:12]}, "
+            f"{ {k: expected['meta'].get(k) for k in TEXT_EMBEDDING_META_KEYS} }): embed them with the same model")
 
 
 def split_names(data_dir: str | Path) -> list[str]:
@@ -71,6 +95,7 @@ def read_split(data_dir: str | Path, split: str) -> Split:
     if not paths:
         raise FileNotFoundError(f"no shards in {Path(data_dir) / split} (expected shard-NNNNN.h5, docs/FORMAT.md)")
     posts, features, random_weights = [], None, False
+    embeddings, provenance = [], None
     for shard_index, path in enumerate(paths):
         with h5py.File(path, "r") as f:
             version = int(f.attrs.get("format_version", -1))
@@ -85,6 +110,12 @@ def read_split(data_dir: str | Path, split: str) -> Split:
             ids, tokens, kps = column("post_id"), column("tokens"), column("keyphrases")
             ocr, attrs = column("ocr_tokens"), column("attributes")
             present = f["image_present"][()]
+            if "text_embedding" in groups:
+                found = text_embedding_provenance(f.attrs)
+                if provenance is None:
+                    provenance = found
+                check_text_embedding(provenance, found, str(path))
+                embeddings.append(f["text_embedding"][()].astype(np.float32))
         for row in range(len(ids)):
             posts.append(Post(
                 post_id=ids[row], tokens=tokens[row].split(),
@@ -92,7 +123,10 @@ def read_split(data_dir: str | Path, split: str) -> Split:
                 attributes=attrs[row].split()[:MAX_ATTRIBUTES] if attrs is not None else [],
                 keyphrases=[k.strip() for k in kps[row].split(";") if k.strip()],
                 image_present=bool(present[row]), shard=shard_index, row=row))
-    return Split(split, posts, paths, features or set(), random_weights)
+    features = features or set()
+    if "text_embedding" not in features:
+        return Split(split, posts, paths, features, random_weights)
+    return Split(split, posts, paths, features, random_weights, np.concatenate(embeddings), provenance)
 
 
 @dataclass

@@ -46,6 +46,7 @@ FEATURE_COLUMNS: dict[str, dict[str, Any]] = {
         "butd_attributes": np.int16,
         "butd_attribute_scores": np.float16,
     },
+    "text_embedding": {"text_embedding": np.float32},
 }
 
 

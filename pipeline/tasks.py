@@ -26,26 +26,30 @@ from pipeline.text_tasks import (  # noqa: F401  (re-exported: luigi --module pi
     ReleaseImages, ShardTask, SplitPosts, StageTask, TextShard, TokenizePosts,
     chain_parameters, read_jsonl, read_plan, shard_name,
 )
+from pipeline.embedding_tasks import EmbedPosts
 from pipeline.image_tasks import (  # noqa: F401  (re-exported as above)
     IMAGE_FEATURE_TASKS, ExtractBUTD, ExtractVGG, OCRVocabulary, PredictAttributes, RunOCR,
     TrainAttributePredictor,
 )
 
+# Feature groups computed from a post's text alone.
+TEXT_GROUPS = {"text_embedding"}
 # Feature group -> task class (a ShardTask) that computes its work shard.
-FEATURE_TASKS: dict[str, type[ShardTask]] = dict(IMAGE_FEATURE_TASKS)
+FEATURE_TASKS: dict[str, type[ShardTask]] = {**IMAGE_FEATURE_TASKS, "text_embedding": EmbedPosts}
 
 
 def feature_groups(dataset: dict, split: str, requested) -> list[str]:
     """Groups a split's final shards hold, in format order: those requested plus those a CMKP release carries.
 
     A CMKP release without its `images/` folder has nothing to compute image features from, so its shards
-    hold exactly the groups it carries (the model then runs with the vision modality absent).
+    hold the groups it carries and the requested groups computed from text alone (the model then runs with
+    the vision modality absent).
     """
     groups = set(requested)
     if dataset["source"] == "cmkp":
         from pipeline.sources.cmkp import release_feature_groups, release_image_files
         carried = set(release_feature_groups(dataset["input_path"], split))
-        groups = groups | carried if release_image_files(dataset["input_path"]) else carried
+        groups = groups | carried if release_image_files(dataset["input_path"]) else carried | (groups & TEXT_GROUPS)
     unknown = groups - set(shards.FEATURE_COLUMNS)
     if unknown:
         raise ValueError(f"unknown feature groups {sorted(unknown)}; known: {list(shards.FEATURE_COLUMNS)}")
