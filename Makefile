@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   builds the bundled sample corpus into build/sample/ and trains on it
-#   make test   runs the whole test suite
+#   make test   runs the linter, then the whole test suite (make lint: the linter alone)
 # Both install what they need (a virtual environment in .venv/, Tesseract) and are safe to run twice.
 
 PYTHON  ?= python3
@@ -14,7 +14,7 @@ SAMPLE_SRC := build/sample-src
 SAMPLE     := build/sample
 SAMPLE_RUN := build/sample-run
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 install: $(STAMP)
 
@@ -42,7 +42,10 @@ demo: install
 	  --epochs 15 --seed 1 --device auto --allow-random-features
 	@$(PY) -m pipeline.summary $(SAMPLE) $(SAMPLE_RUN)
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(VENV)/bin/pytest -q
 
 clean:

@@ -303,7 +303,9 @@ class ImageMaker:
 
     def palette_image(self):
         # 64 colours, stored as PNG: a palette image cannot be a JPEG.
-        quantize = lambda img: img.quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        def quantize(img):
+            return img.quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+
         return self.generic_image(kind="palette", fmt="PNG", ext="png", finish=quantize)
 
     def png_named_jpg(self):

@@ -50,7 +50,7 @@ def train(data_dir, config_name, out_dir, epochs, seed, device, glove, allow_ran
                      allow_random_features=allow_random_features, progress=not quiet, resume=resume,
                      log=lambda msg: click.echo(msg, err=True))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise click.ClickException(str(e))
+        raise click.ClickException(str(e)) from e
 
 
 @click.command(help="Write one line per post of a split: its ranked keyphrases joined by ';'.")
@@ -76,7 +76,7 @@ def predict(model_path, data_dir, split, out_file, device, threads, batch_size, 
         data = read_split(data_dir, split)
         predictions = predict_split(model, PostDataset(data, model.vocabs, model.config), dev, batch_size)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise click.ClickException(str(e))
+        raise click.ClickException(str(e)) from e
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     write_predictions(Path(out_file), predictions)
     click.echo(f"{len(predictions)} posts -> {out_file}", err=True)

@@ -13,17 +13,9 @@ from text_archive_fixture import EXPECTED_REJECTS, KEPT_IDS, write_archive
 
 
 @pytest.fixture
-def small_config():
-    """Hashtags need 2 posts (not 10): the fixture is tiny. Restores luigi's config afterwards."""
-    config = luigi.configuration.get_config()
-    saved = {(s, o): config.get(s, o, None) for s, o in [("FilterHashtags", "min_hashtag_count")]}
-    config.set("FilterHashtags", "min_hashtag_count", "2")
-    yield
-    for (section, option), value in saved.items():
-        if value is None:
-            config.remove_option(section, option)
-        else:
-            config.set(section, option, value)
+def small_config(set_luigi_config):
+    """Hashtags need 2 posts (not 10): the fixture is tiny."""
+    set_luigi_config({"FilterHashtags": {"min_hashtag_count": 2}})
 
 
 def test_archive_chain_rejects_each_case_with_its_reason(tmp_path, small_config):

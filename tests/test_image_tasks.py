@@ -31,21 +31,8 @@ CONFIG = {
 
 
 @pytest.fixture
-def luigi_config():
-    config = luigi.configuration.get_config()
-    saved = {}
-    for section, values in CONFIG.items():
-        if not config.has_section(section):
-            config.add_section(section)
-        for key, value in values.items():
-            saved[section, key] = config.get(section, key, None)
-            config.set(section, key, str(value))
-    yield
-    for (section, key), value in saved.items():
-        if value is None:
-            config.remove_option(section, key)
-        else:
-            config.set(section, key, value)
+def luigi_config(set_luigi_config):
+    set_luigi_config(CONFIG)
 
 
 def make_dataset(out):

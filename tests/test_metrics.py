@@ -1,5 +1,4 @@
 """The evaluator against hand-computed cases (rules: the CMKP authors' evaluator, reference §10)."""
-from pathlib import Path
 
 import pytest
 
@@ -7,7 +6,6 @@ from model.metrics import (bucket_label, compute_breakdowns, compute_metrics, co
                            parse_gold_line, parse_prediction_line, read_gold, read_predictions,
                            read_sources, stem_predictions)
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cmkp"
 
 # Four posts; per-post values worked out by hand in the comments.
 PREDICTIONS = [
@@ -136,11 +134,8 @@ def test_parsing_helpers(tmp_path):
         read_gold(bad)
 
 
-def test_real_validation_gold_scores_itself():
-    src = DATA / "valid_src.txt"
-    if not src.exists():
-        pytest.skip(f"real CMKP data not found at {src}")
-    gold = read_gold(src)
+def test_real_validation_gold_scores_itself(real_release):
+    gold = read_gold(real_release / "valid_src.txt")
     assert len(gold.keyphrases) == 5370
     # the gold list as the ranked prediction: every prediction is a hit
     m = compute_metrics(gold.keyphrases, gold.keyphrases, gold.sources)

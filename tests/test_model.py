@@ -188,13 +188,16 @@ def test_beam_one_equals_greedy(data_dir):
     model.agg_weight.fill_(0.5)
     greedy_tokens = greedy(model, batch, 4)
     hyps = beam_search(model, batch, beam=1, max_len=4)
+    whole_paths = 0
     for row in range(batch.src.shape[0]):
         g = greedy_tokens[row].tolist()
         g = g[:g.index(EOS)] if EOS in g else g
         best = [t for t in hyps.tokens[row, 0].tolist() if t != PAD]
         # beam 1 finishes the greedy path at its first <eos>; the greedy path is the best finished one
-        # unless an earlier <eos> had a better normalised score, in which case it is that prefix
-        assert g[:len(best)] == best
+        # unless an earlier <eos> had a better normalised score, in which case it is that prefix (never empty)
+        assert best and g[:len(best)] == best
+        whole_paths += best == g
+    assert whole_paths > 0  # at least one post shows the whole greedy path, not only a prefix
 
 
 def test_fused_vector_is_standardised_across_posts(data_dir):

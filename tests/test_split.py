@@ -34,15 +34,8 @@ def test_cmkp_splits_are_kept():
 
 
 @pytest.fixture
-def small_config():
-    config = luigi.configuration.get_config()
-    old = config.get("FilterHashtags", "min_hashtag_count", None)
-    config.set("FilterHashtags", "min_hashtag_count", "1")
-    yield
-    if old is None:
-        config.remove_option("FilterHashtags", "min_hashtag_count")
-    else:
-        config.set("FilterHashtags", "min_hashtag_count", old)
+def small_config(set_luigi_config):
+    set_luigi_config({"FilterHashtags": {"min_hashtag_count": 1}})
 
 
 def test_archive_build_is_byte_identical(tmp_path, small_config):

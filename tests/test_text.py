@@ -75,4 +75,5 @@ def test_no_network_is_touched(tokenizer, monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    PostTokenizer(FakeSegmenter()).tokenize_post("A fresh tokenizer #SuperBowl")
+    tokens, keyphrases, hashtags = PostTokenizer(FakeSegmenter()).tokenize_post("A fresh tokenizer #SuperBowl")
+    assert (tokens, keyphrases, hashtags) == (["a", "fresh", "tokenizer"], ["super bowl"], ["SuperBowl"])

@@ -17,7 +17,6 @@ from pipeline.tasks import BuildDataset
 from pipeline.text_tasks import text_shard_paths
 from text_archive_fixture import colour_jpeg
 
-REAL_RELEASE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cmkp"
 
 TRAIN_SRC = [
     "so excited for the game tonight !<sep>super bowl;football<sep>https://pbs.twimg.com/media/a.jpg",
@@ -58,17 +57,10 @@ def write_release(directory: Path, with_valid_ocr: bool = False, with_images: bo
 
 
 @pytest.fixture
-def shard_size():
-    """Shards of 2 posts, so the tiny release spans several shards (restores luigi's config afterwards)."""
-    config = luigi.configuration.get_config()
-    had = config.has_option("SplitPosts", "shard_size")
-    old = config.get("SplitPosts", "shard_size", None)
-    config.set("SplitPosts", "shard_size", "2")
-    yield 2
-    if had:
-        config.set("SplitPosts", "shard_size", old)
-    else:
-        config.remove_option("SplitPosts", "shard_size")
+def shard_size(set_luigi_config):
+    """Shards of 2 posts, so the tiny release spans several shards."""
+    set_luigi_config({"SplitPosts": {"shard_size": 2}})
+    return 2
 
 
 def build(release: Path, out: Path, **kwargs) -> luigi.LuigiStatusCode:
@@ -216,16 +208,15 @@ def test_rerun_after_a_lost_shard_redoes_only_that_shard(tmp_path, shard_size):
     assert not list(out.rglob("*luigi-tmp*"))
 
 
-def test_benchmark_protocol_on_the_real_release(tmp_path):
+def test_benchmark_protocol_on_the_real_release(tmp_path, real_release):
     """The shared validation split cut as the benchmark protocol says: train = i % 10 != 0, valid = i % 10 == 0."""
-    if not (REAL_RELEASE / "valid_src.txt").exists():
-        pytest.skip(f"real CMKP data not found at {REAL_RELEASE.resolve()} (../shared/data/cmkp)")
     release = tmp_path / "release"
     release.mkdir()
     for suffix in ("src", "ocr", "ocr_final", "attribute_cleaned"):
-        lines = (REAL_RELEASE / f"valid_{suffix}.txt").read_text(encoding="utf-8").split("\n")[:-1]
-        (release / f"train_{suffix}.txt").write_text("".join(l + "\n" for i, l in enumerate(lines) if i % 10))
-        (release / f"valid_{suffix}.txt").write_text("".join(l + "\n" for i, l in enumerate(lines) if i % 10 == 0))
+        lines = (real_release / f"valid_{suffix}.txt").read_text(encoding="utf-8").split("\n")[:-1]
+        train = [line for i, line in enumerate(lines) if i % 10]
+        for split, part in (("train", train), ("valid", lines[::10])):
+            (release / f"{split}_{suffix}.txt").write_text("".join(line + "\n" for line in part), encoding="utf-8")
     out = tmp_path / "out"
     assert build(release, out) == luigi.LuigiStatusCode.SUCCESS
     top = json.loads((out / "manifest.json").read_text())

@@ -60,6 +60,7 @@ def test_same_seed_gives_same_random_weights():
                                           torchvision.models.SqueezeNet1_1_Weights, "random:5", "x")
     b, _ = weights.load_torchvision_model(torchvision.models.squeezenet1_1,
                                           torchvision.models.SqueezeNet1_1_Weights, "random:5", "x")
+    assert a.state_dict().keys() == b.state_dict().keys() and len(a.state_dict()) > 0
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
