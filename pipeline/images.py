@@ -7,6 +7,18 @@ Paper rule: a post keeps its image only if it is a decodable colour JPEG. Decisi
 - CMYK, palette, RGBA and other colour modes are converted to RGB; grayscale is rejected (`grayscale`): modes
   L, 1, LA, I, F (and 16-bit variants), and RGB images whose three channels are equal (to within
   `gray_tolerance`, since JPEG decoding of a gray image can leave channels one or two levels apart).
+- A phone's multi-picture JPEG (MPO: a JPEG followed by more pictures) is a JPEG: its first picture is used,
+  by these checks and by every feature stage, which read it through Pillow the same way.
+- The EXIF orientation tag is ignored: pixels are used as stored, here and in every feature stage. Images
+  fetched from the platform carry no such tag (it applies the rotation and strips EXIF on upload), and the
+  authors' feature extraction read images the same way; rotating only some images would change what
+  features mean for them.
+- An image under `MIN_SIDE` pixels a side (a 1x1 tracking pixel, a placeholder) is rejected (`too_small`):
+  it shows nothing the features can use, and its dHash cannot tell it from any other tiny image.
+- Memory is bounded by the image's reduced size, not its full size, where it can be: an image over
+  `CHECK_SIDE` pixels a side is checked on a copy reduced to about that size (a JPEG is decoded at 1/2, 1/4
+  or 1/8 scale straight from its bytes, which still reads every byte, so truncation is still caught; other
+  formats are decoded in full, within `max_pixels`, then reduced).
 """
 from __future__ import annotations
 
@@ -17,6 +29,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
+MIN_SIDE = 8  # dHash compares a 9x8 grid: below this an image has nothing to compare
+CHECK_SIDE = 1024  # larger images are checked (colour, dHash) on a copy reduced to about this size
+JPEG_FORMATS = {"JPEG", "MPO"}  # Pillow calls a multi-picture JPEG "MPO"
 GRAYSCALE_MODES = {"L", "1", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
@@ -29,7 +44,7 @@ class ImageRejected(Exception):
 
 @dataclass
 class ValidImage:
-    image: Image.Image  # RGB, fully decoded
+    image: Image.Image  # RGB, decoded; reduced to about CHECK_SIDE pixels a side when larger
     format: str  # Pillow's name of the format found in the bytes, e.g. "JPEG"
     width: int
     height: int
@@ -55,8 +70,13 @@ def validate_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, require_jp
         raise ImageRejected("too_large", f"{width}x{height} pixels > {max_pixels}")
     if width == 0 or height == 0:
         raise ImageRejected("not_an_image", f"{width}x{height} pixels")
-    if require_jpeg and img.format != "JPEG":
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise ImageRejected("too_small", f"{width}x{height} pixels, under {MIN_SIDE} a side")
+    if require_jpeg and img.format not in JPEG_FORMATS:
         raise ImageRejected("not_jpeg", f"the bytes are {img.format}")
+    scale = CHECK_SIDE / max(width, height)
+    if scale < 1:
+        img.draft(None, (max(1, round(width * scale)), max(1, round(height * scale))))  # a no-op unless JPEG
     try:
         img.load()
     except Image.DecompressionBombError as err:
@@ -67,6 +87,8 @@ def validate_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, require_jp
     if img.mode in GRAYSCALE_MODES:
         raise ImageRejected("grayscale", f"mode {img.mode}")
     rgb = img if img.mode == "RGB" else img.convert("RGBA" if "transparency" in img.info else "RGB").convert("RGB")
+    if max(rgb.size) > CHECK_SIDE:
+        rgb.thumbnail((CHECK_SIDE, CHECK_SIDE))
     pixels = np.asarray(rgb, dtype=np.int16)
     if (np.abs(pixels[..., 0] - pixels[..., 1]).max() <= gray_tolerance
             and np.abs(pixels[..., 1] - pixels[..., 2]).max() <= gray_tolerance):
