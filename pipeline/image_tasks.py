@@ -157,6 +157,11 @@ class ExtractBUTD(ImageFeatureShard):
     resources = {"gpu": 1}
     butd_backend = luigi.ChoiceParameter(default="torchvision", choices=("torchvision", "detectron2"))
     butd_weights = luigi.Parameter(default="COCO_V1", description="local file, enum entry, or random[:SEED]")
+    # a check on the file butd_weights names, not a part of the features' identity
+    butd_weights_sha256 = luigi.Parameter(
+        default="", significant=False,
+        description="sha256 of the local weights file, checked before it is loaded (detectron2: required for a "
+                    ".pkl, which is unpickled)")
     butd_max_boxes = luigi.IntParameter(default=36)
     butd_min_boxes = luigi.IntParameter(default=36)
     butd_conf_threshold = luigi.FloatParameter(default=0.2)
@@ -169,7 +174,7 @@ class ExtractBUTD(ImageFeatureShard):
         post_ids, rows, paths = self.rows()
         extractor = build_extractor(self.butd_backend, weights=self.butd_weights, device=self.device,
                                     max_boxes=self.butd_max_boxes, min_boxes=self.butd_min_boxes,
-                                    conf_threshold=self.butd_conf_threshold)
+                                    conf_threshold=self.butd_conf_threshold, weights_sha256=self.butd_weights_sha256)
         n, boxes = len(post_ids), self.butd_max_boxes
         columns = {
             "butd": np.zeros((n, boxes, FEATURE_DIM), np.float16),

@@ -29,6 +29,16 @@ class WeightsNotFoundError(FileNotFoundError):
     """A pretrained weights file is not on this machine (this project never downloads at run time)."""
 
 
+class WeightsNotTrustedError(ValueError):
+    """A weights file is not the one the configuration names by its sha256 (or a pickle names none)."""
+
+
+def check_sha256(actual: str, expected: str, what: str) -> None:
+    """Refuse weights whose sha256 is not the one the configuration gives (when it gives one)."""
+    if expected and actual != expected.strip().lower():
+        raise WeightsNotTrustedError(f"{what} has sha256 {actual}, not the configured {expected}: refusing to load it")
+
+
 @dataclass(frozen=True)
 class WeightsInfo:
     name: str                  # enum entry name, local file path, or `random(seed=N)`

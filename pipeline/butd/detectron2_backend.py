@@ -13,9 +13,10 @@ proposals' mean-pooled res5 features, object and attribute labels. Boxes are the
 regressed boxes) in original-image pixels, as bottom-up attention's `generate_tsv` does.
 
 Class order follows detectron2 (background is the LAST of the 1601 class columns); attribute column 0 is
-"no attribute". Weights: a converted checkpoint (.pkl/.pth) from a local path, checked after loading
-(`load_checked`): a parameter or buffer of the model that the file does not fill (missing, or of another
-shape) is an error naming it, instead of a model running half random. `weights=random` builds seeded random
+"no attribute". Weights: a converted checkpoint (.pkl/.pth) from a local path, checked against the sha256
+the configuration gives before it is read (`weights_sha256`; required for a .pkl, which detectron2 unpickles)
+and after loading (`load_checked`): a parameter or buffer of the model that the file does not fill (missing,
+or of another shape) is an error naming it, instead of a model running half random. `weights=random` builds seeded random
 weights and re-estimates every frozen batch-norm's statistics on a calibration image, because with the
 identity statistics of a fresh model the activations of the 101 layers overflow and the RPN keeps no proposals.
 
@@ -32,6 +33,7 @@ from pipeline.butd import BoxRule, check_images, image_output, select_boxes
 NUM_OBJECTS = 1600
 NUM_ATTRIBUTES = 400
 PIXEL_MEAN_BGR = [102.9801, 115.9465, 122.7717]
+COMPONENT = "BUTD detectron2 backend (Visual Genome R101-C4)"
 HOW_TO_OBTAIN = ("Use the Visual Genome R101-C4 checkpoint of a detectron2 port of bottom-up attention (e.g. "
                  "faster_rcnn_from_caffe_attr.pkl of airsplay/py-bottom-up-attention, or "
                  "bua-caffe-frcn-r101-k36.pth of MILVLG/bottom-up-attention.pytorch) and set its path as "
@@ -233,7 +235,19 @@ def read_vocab(path: Path | None, size: int, kind: str) -> list[str]:
 class Detectron2Extractor:
     def __init__(self, weights: str, device: str = "auto", max_boxes: int = 36, min_boxes: int = 36,
                  conf_threshold: float = 0.2, seed: int = 0, min_size: int = 600, max_size: int = 1000,
-                 object_vocab: str | None = None, attribute_vocab: str | None = None, num_proposals: int = 300):
+                 object_vocab: str | None = None, attribute_vocab: str | None = None, num_proposals: int = 300,
+                 weights_sha256: str = ""):
+        seed = weights_lib.random_seed(f"random:{seed}" if weights == "random" else weights)
+        if seed is None:
+            # detectron2 unpickles a .pkl: the file must be the configured one before anything reads it
+            path = weights_lib.require_file(weights, COMPONENT, HOW_TO_OBTAIN)
+            sha256 = weights_lib.sha256_file(path)
+            if path.suffix == ".pkl" and not weights_sha256:
+                raise weights_lib.WeightsNotTrustedError(
+                    f"{COMPONENT}: {path} is a pickle file, and unpickling runs whatever code it holds: give its "
+                    f"sha256 as butd_weights_sha256 once you know it is the file you meant (this file's is {sha256})")
+            weights_lib.check_sha256(sha256, weights_sha256, f"{COMPONENT}: {path}")
+
         import torch
         from detectron2.modeling import build_model
 
@@ -242,13 +256,11 @@ class Detectron2Extractor:
         self.min_size, self.max_size = min_size, max_size
         self.num_proposals = num_proposals     # bottom-up attention: 300; res5 runs on every one of them
         self.cfg = butd_config(min_size, max_size, self.device.type, num_proposals)
-        seed = weights_lib.random_seed(f"random:{seed}" if weights == "random" else weights)
         self.unused_weight_keys: list[str] = []   # in the weights file, not in the model
         if seed is None:
-            path = weights_lib.require_file(weights, "BUTD detectron2 backend (Visual Genome R101-C4)", HOW_TO_OBTAIN)
             self.model = build_model(self.cfg)
             self.unused_weight_keys = load_checked(self.model, path)
-            self.weights_info = weights_lib.WeightsInfo(str(path.resolve()), weights_lib.sha256_file(path), False)
+            self.weights_info = weights_lib.WeightsInfo(str(path.resolve()), sha256, False)
         else:
             with torch.random.fork_rng():
                 torch.manual_seed(seed)

@@ -187,7 +187,7 @@ class TorchvisionExtractor:
     def __init__(self, weights: str = "COCO_V1", device: str = "auto", max_boxes: int = 36,
                  min_boxes: int = 36, conf_threshold: float = 0.2, seed: int = 0,
                  detector: str = "fasterrcnn_resnet50_fpn", min_size: int = 600, max_size: int = 1000,
-                 precision: str = "auto", res5_dilation: bool = False):
+                 precision: str = "auto", res5_dilation: bool = False, weights_sha256: str = ""):
         import torch
         import torchvision.models.detection as detection
 
@@ -211,6 +211,8 @@ class TorchvisionExtractor:
             weights_backbone=None, num_classes=len(enum_class.DEFAULT.meta["categories"]),
             min_size=min_size, max_size=max_size,
             rpn_pre_nms_top_n_test=PRE_NMS_PROPOSALS, rpn_post_nms_top_n_test=NUM_PROPOSALS)
+        if not self.weights_info.random:
+            weights_lib.check_sha256(self.weights_info.sha256, weights_sha256, self.weights_info.name)
         self.categories = list(enum_class.DEFAULT.meta["categories"])
         self.model = model.eval().to(self.device)
         fold_batch_norms(self.model.backbone.body)
