@@ -30,6 +30,7 @@ class ModelConfig:
     # "pool": projections of each modality's pooled vector are summed (CLS-AVG/MAX, CLS-VGG-*).
     # "text-query": the pooled text attends over the other modalities (CLS-IMG-ATT).
     # "both": pairwise co-attention text<->vision and text<->attributes in both directions (CLS-CO-ATT, M3H-Att).
+    # "ban": bilinear attention between the words and the image regions (CLS-BAN, model/ban.py).
     fusion: str = "both"
     pool: str = "max"                # holistic query per modality: "max" or "avg"
     heads: int = 4
@@ -37,6 +38,15 @@ class ModelConfig:
     text_layers: int = 4             # stacked blocks attending over the text
     vision_layers: int = 1           # ... over the vision regions
     attr_layers: int = 1             # ... over the attributes
+    ban_glimpses: int = 8            # bilinear attention maps ("ban" fusion; Kim et al.'s public default)
+    ban_rank: int = 3                # low-rank factor k of the bilinear pooling
+    # --- latent topics (model/topic.py; CLS-TMN, GEN-TOPIC) -------------------------------------------------
+    topics: int = 0                  # topics of the neural topic model over the post's bag of words (0: none)
+    topic_bow_size: int = 10000      # its vocabulary: the most frequent training words that are not stop words
+    topic_memory: bool = False       # TMN: the classifier reads the words through the topic memory, not the GRU
+    topic_memory_dim: int = 150      # TMN's memory size
+    topic_decoder: bool = False      # TAKG: the post's topic representation joins the decoder's output layer
+    topic_weight: float = 1.0        # the topic model's loss (its ELBO) in the training loss
     # --- outputs --------------------------------------------------------------------------------------------
     classifier: bool = True          # 2-layer MLP over the keyphrase label vocabulary
     generator: bool = True           # GRU decoder with Bahdanau attention
@@ -81,7 +91,7 @@ class ModelConfig:
     memory_power: float = 2.0        # a neighbour's vote is its similarity to this power
 
     def __post_init__(self):
-        choices = {"vision": ("vgg", "butd", "none"), "fusion": ("pool", "text-query", "both"),
+        choices = {"vision": ("vgg", "butd", "none"), "fusion": ("pool", "text-query", "both", "ban"),
                    "pool": ("max", "avg"), "select_on": ("f1@1", "loss"), "on_nonfinite": ("stop", "skip"),
                    "ranking": ("generator", "classifier", "unified")}
         for key, allowed in choices.items():
@@ -95,6 +105,14 @@ class ModelConfig:
             raise ValueError("aggregation (Eq. 11) needs the classifier, the generator and the copy switch")
         if self.generator and not self.use_text:
             raise ValueError("the generator decodes over the text memory: use_text must be true")
+        if self.fusion == "ban" and not (self.use_text and self.vision != "none"):
+            raise ValueError("bilinear attention fuses the words with the image regions: it needs both")
+        if (self.topic_memory or self.topic_decoder) and self.topics <= 0:
+            raise ValueError("topic_memory and topic_decoder need the topic model: set topics > 0")
+        if self.topic_decoder and not self.generator:
+            raise ValueError("topic_decoder feeds the generator: generator must be true")
+        if self.topic_memory and not self.use_text:
+            raise ValueError("the topic memory reads the post's words: use_text must be true")
         if not self.classifier and self.ranking != "generator":
             self.ranking = "generator"
         if not self.generator and self.ranking != "classifier":
@@ -124,16 +142,23 @@ CONFIGS: dict[str, ModelConfig] = {
        for vis in ("vgg", "butd") for pool in ("max", "avg")},
     "cls-avg": _variant(_FULL, "cls-avg", fusion="pool", pool="avg", image_wordings=False, **_TEXT_ONLY, **_CLS),
     "cls-max": _variant(_FULL, "cls-max", fusion="pool", pool="max", image_wordings=False, **_TEXT_ONLY, **_CLS),
+    # TMN (Zeng et al., 2018) and TAKG (Wang et al., 2019a): 50 topics as in their papers and public code
+    "cls-tmn": _variant(_FULL, "cls-tmn", fusion="pool", pool="max", image_wordings=False, topics=50,
+                        topic_memory=True, **_TEXT_ONLY, **_CLS),
     "gen-att": _variant(_FULL, "gen-att", classifier=False, copy=False, aggregate=False, joint_training=False,
                         fuse_into_decoder=False, image_wordings=False, ranking="generator", warmup_epochs=0,
                         memory=False, **_TEXT_ONLY),
     "gen-copy": _variant(_FULL, "gen-copy", classifier=False, aggregate=False, joint_training=False,
                          fuse_into_decoder=False, image_wordings=False, ranking="generator", warmup_epochs=0,
                          memory=False, **_TEXT_ONLY),
+    "gen-topic": _variant(_FULL, "gen-topic", classifier=False, aggregate=False, joint_training=False,
+                          fuse_into_decoder=False, image_wordings=False, ranking="generator", warmup_epochs=0,
+                          memory=False, topics=50, topic_decoder=True, **_TEXT_ONLY),
     "cls-img-att": _variant(_FULL, "cls-img-att", fusion="text-query", heads=1, head_dim=256, text_layers=1,
                             use_attributes=False, image_wordings=False, **_CLS),
     "cls-co-att": _variant(_FULL, "cls-co-att", fusion="both", heads=1, head_dim=256, text_layers=1,
                            use_attributes=False, image_wordings=False, **_CLS),
+    "cls-ban": _variant(_FULL, "cls-ban", fusion="ban", use_attributes=False, image_wordings=False, **_CLS),
     "cls-m3h-att": _variant(_FULL, "cls-m3h-att", **_CLS),
     "gen-m3h-att": _variant(_FULL, "gen-m3h-att", classifier=False, aggregate=False, joint_training=False,
                             ranking="generator", warmup_epochs=0, memory=False),

@@ -19,9 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.ban import BilinearAttentionFusion
 from model.config import ModelConfig
 from model.data import PAD, VISION_DIMS, Batch, Vocabularies
 from model.memory import KeyphraseMemory
+from model.topic import NeuralTopicModel, TopicMemory, bow_vocabulary
 
 
 def masked_pool(x: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -101,7 +103,7 @@ class Fusion(nn.Module):
         self.mode, self.pool, self.modalities = c.fusion, c.pool, modalities
         layers = {"text": c.text_layers, "vision": c.vision_layers, "attributes": c.attr_layers}
         self.terms = [(m, m) for m in modalities]                  # (query modality, memory modality)
-        if c.fusion != "pool" and "text" in modalities:
+        if c.fusion not in ("pool", "ban") and "text" in modalities:
             others = [m for m in modalities if m != "text"]
             self.terms += [("text", m) for m in others]
             if c.fusion == "both":
@@ -110,6 +112,11 @@ class Fusion(nn.Module):
             f"{q}->{m}": nn.ModuleList(QueryBlock(c.hidden, c.heads, c.head_dim, c.dropout) for _ in range(layers[m]))
             for q, m in self.terms if q != m})
         self.proj = nn.ModuleDict({f"{q}->{m}": nn.Linear(c.hidden, c.hidden, bias=False) for q, m in self.terms})
+        # "ban": one more term, the bilinear attention's joint vector of the words and the image regions
+        self.ban = None
+        if c.fusion == "ban":
+            self.ban = BilinearAttentionFusion(c.hidden, c.ban_glimpses, c.ban_rank)
+            self.proj["text<->vision"] = nn.Linear(c.hidden, c.hidden, bias=False)
         self.bias = nn.Parameter(torch.zeros(c.hidden))
         # Each feature standardised ACROSS posts. At initialisation the pooled GRU states of all posts are nearly
         # the same vector (post-to-post spread ~0.01 around a shared offset ~0.03); a layer norm (across
@@ -138,6 +145,11 @@ class Fusion(nn.Module):
                     term = block(term, x, safe_mask)
             keep = (present[q] & present[m]).unsqueeze(1).to(term.dtype)
             out = out + self.proj[key](term) * keep
+        if self.ban is not None and (present["text"] & present["vision"]).any():
+            (x, x_mask), (y, y_mask) = feats["vision"], feats["text"]
+            term = self.ban(x, x_mask | ~present["vision"].unsqueeze(1), y, y_mask)
+            keep = (present["text"] & present["vision"]).unsqueeze(1).to(term.dtype)
+            out = out + self.proj["text<->vision"](term) * keep
         out = out.expand(len(next(iter(feats.values()))[0]), -1)
         n = self.norm
         # a batch of one post has no spread to standardise: it uses the running statistics
@@ -157,6 +169,8 @@ class Encoded:
     cls_logits: torch.Tensor | None  # [B, C]
     agg_ids: torch.Tensor | None     # [B, K*W] generator ids of the top-K labels' words
     agg_probs: torch.Tensor | None   # [B, K*W] softmax of the labels' logits over those word slots
+    topic: torch.Tensor | None = None        # [B, K] the topic model's representation, for the decoder
+    topic_loss: torch.Tensor | None = None   # [B] the topic model's loss per post
 
     def select(self, rows: torch.Tensor) -> "Encoded":
         return Encoded(**{k: (v.index_select(0, rows) if torch.is_tensor(v) else v) for k, v in vars(self).items()})
@@ -171,7 +185,10 @@ class Decoder(nn.Module):
         self.att_query = nn.Linear(H, H)
         self.att_v = nn.Linear(H, 1, bias=False)
         self.ctx = nn.Linear(2 * H, H)                                # [c; s_t] -> c_text
-        self.out = nn.Sequential(nn.Linear(E + 2 * H, H), nn.Tanh(), nn.Dropout(c.dropout), nn.Linear(H, gen_size))
+        # TAKG: the post's topics join the output layer's input (Wang et al. 2019a's "topic_attn")
+        topics = c.topics if c.topic_decoder else 0
+        self.out = nn.Sequential(nn.Linear(E + 2 * H + topics, H), nn.Tanh(), nn.Dropout(c.dropout),
+                                 nn.Linear(H, gen_size))
         self.gate = nn.Linear(E + 2 * H, 1) if c.copy else None
 
     def forward(self, emb_in, state0, enc: Encoded):
@@ -184,7 +201,8 @@ class Decoder(nn.Module):
         if enc.fuse is not None:
             ctx = ctx + enc.fuse.unsqueeze(1)
         feat = torch.cat([emb_in, s, ctx], -1)                         # c_t = [u_t; s_t; c_text + c_fuse]
-        p_vocab = self.out(feat).softmax(-1)
+        out_in = feat if enc.topic is None else torch.cat([feat, enc.topic.unsqueeze(1).expand(-1, s.shape[1], -1)], -1)
+        p_vocab = self.out(out_in).softmax(-1)
         p_gen = torch.sigmoid(self.gate(feat)) if self.gate is not None else None
         return p_vocab, p_gen, attn, last.squeeze(0)
 
@@ -210,9 +228,20 @@ class KeyphraseModel(nn.Module):
             self.embedding.weight[PAD].zero_()
         self.emb_drop = nn.Dropout(c.emb_dropout)
         modalities = []
+        self.encoder = None
         if c.use_text:
             modalities.append("text")
-            self.encoder = BiGRU(c.emb_dim, H // 2, c.enc_layers, c.dropout)
+            if c.generator or not c.topic_memory:      # TMN's classifier reads the words through its topic memory
+                self.encoder = BiGRU(c.emb_dim, H // 2, c.enc_layers, c.dropout)
+        if c.topics:
+            # word id -> bag-of-words column (-1: not in it); rebuilt from the vocabularies, not saved
+            self.register_buffer("bow_index", bow_vocabulary(vocabs.words.words, c.topic_bow_size), persistent=False)
+            bow_size = int(self.bow_index.max()) + 1
+            if bow_size <= 0:
+                raise ValueError("the topic model found no training word outside the stop words for its vocabulary")
+            self.topic_model = NeuralTopicModel(bow_size, c.topics)
+            if c.topic_memory:
+                self.topic_memory = TopicMemory(c.emb_dim, bow_size, c.topics, c.topic_memory_dim, H)
         if c.vision != "none":
             modalities.append("vision")
             self.vision_proj = nn.Linear(self.vision_dim, H)
@@ -238,11 +267,17 @@ class KeyphraseModel(nn.Module):
         c = self.config
         feats, memory = {}, None
         src_mask = batch.src != PAD                                        # [B, L]
-        final = keys = None
+        final = keys = topic = topic_loss = None
+        if c.topics:
+            topic, topic_loss = self.topic_model(self.bag_of_words(batch.src))   # [B, K], [B]
         if c.use_text:
             x = self.emb_drop(self.embedding(batch.src))                   # [B, L, E]
-            memory, final = self.encoder(x, batch.src_len)                 # [B, L, H], [B, H]
-            feats["text"] = (memory, src_mask)
+            if self.encoder is not None:
+                memory, final = self.encoder(x, batch.src_len)             # [B, L, H], [B, H]
+            text = memory
+            if c.topic_memory:
+                text = self.topic_memory(x, src_mask, topic, self.topic_model.topic_words())   # [B, L, H]
+            feats["text"] = (text, src_mask)
         if c.vision != "none":
             if batch.vision is not None:
                 feats["vision"] = (self.vision_proj(batch.vision), batch.vision_mask)
@@ -263,7 +298,16 @@ class KeyphraseModel(nn.Module):
         if c.generator:
             keys = self.decoder.att_memory(memory)                        # W_m m_i, once per post
         return Encoded(memory, keys, src_mask, batch.src_ext, final,
-                       fuse if (c.generator and c.fuse_into_decoder) else None, cls_logits, agg_ids, agg_probs)
+                       fuse if (c.generator and c.fuse_into_decoder) else None, cls_logits, agg_ids, agg_probs,
+                       topic if c.topic_decoder else None, topic_loss)
+
+    def bag_of_words(self, src: torch.Tensor) -> torch.Tensor:
+        """Word ids [B, L] -> counts over the topic model's vocabulary [B, V] (other words dropped)."""
+        size = self.topic_model.decoder.out_features
+        columns = self.bow_index[src]
+        columns = torch.where(columns < 0, size, columns)                 # one spill column, cut off below
+        counts = torch.zeros(src.shape[0], size + 1, device=src.device)
+        return counts.scatter_add_(1, columns, torch.ones_like(columns, dtype=counts.dtype))[:, :size]
 
     def label_word_distribution(self, cls_logits: torch.Tensor):
         """Eq. 11's classifier copy distribution: the top-K labels' words, each word slot scored with its label's
@@ -309,7 +353,8 @@ class KeyphraseModel(nn.Module):
     # ------------------------------------------------------------------------------------------------- loss
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Training losses: classification NLL per keyphrase with a known label (mean), generation NLL per
-        keyphrase (sum over its tokens, mean over keyphrases); loss = cls + gamma x gen (Eq. 12)."""
+        keyphrase (sum over its tokens, mean over keyphrases); loss = cls + gamma x gen (Eq. 12), plus
+        topic_weight x the topic model's loss when the config has one."""
         c = self.config
         enc = self.encode(batch)
         losses = {}
@@ -329,5 +374,8 @@ class KeyphraseModel(nn.Module):
             gen = (nll * (batch.dec_out != PAD)).sum(1).mean()
             losses["gen"] = gen
             total = total + c.gamma * gen
+        if c.topics:                                                        # the topic model's ELBO, per post
+            losses["topic"] = enc.topic_loss.mean()
+            total = total + c.topic_weight * losses["topic"]
         losses["loss"] = total
         return losses

@@ -37,8 +37,8 @@ from workflows.experiments import (HEADLINE, CommaListParameter, ExperimentTask,
 FULL_MODEL = "gen-cls-m3h-att"
 # The paper's Table 2, in its order: image only, text only, text + image.
 TABLE2_ROWS = ("cls-vgg-avg", "cls-vgg-max", "cls-butd-avg", "cls-butd-max",
-               "cls-avg", "cls-max", "gen-att", "gen-copy",
-               "cls-img-att", "cls-co-att", "cls-m3h-att", "gen-m3h-att", "gen-cls-m3h-att")
+               "cls-avg", "cls-max", "cls-tmn", "gen-att", "gen-copy", "gen-topic",
+               "cls-img-att", "cls-co-att", "cls-ban", "cls-m3h-att", "gen-m3h-att", "gen-cls-m3h-att")
 ORACLE = "ext-oracle"
 # Table 4's image-wording variants: (label, image_wordings i.e. OCR tokens after <sep>, use_attributes)
 WORDINGS = (("none", False, False), ("+OCR", True, False), ("+attributes", False, True), ("both", True, True))
