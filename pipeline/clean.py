@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
 from pipeline.fetch import FetchError, ImageJournal, ImageStore, read_local, sniff
-from pipeline.images import DEFAULT_MAX_PIXELS, ImageRejected, NearDuplicateIndex, dhash, validate_image
+from pipeline.images import ImageRejected, NearDuplicateIndex, dhash, validate_image
 from pipeline.report import StageLog
 from pipeline.text import PostTokenizer, hashtags_of
 
@@ -37,8 +37,7 @@ def text_key(text: str) -> str:
     return " ".join(_URL.sub(" ", text).lower().split())
 
 
-def filter_posts(records: Iterable[dict], log: StageLog, max_hashtags: int = 5, language: str = "en"
-                 ) -> Iterator[dict]:
+def filter_posts(records: Iterable[dict], log: StageLog, max_hashtags: int, language: str) -> Iterator[dict]:
     seen_texts: dict[str, str] = {}
     for r in records:
         n_photos = len(photos(r))
@@ -63,8 +62,7 @@ def filter_posts(records: Iterable[dict], log: StageLog, max_hashtags: int = 5, 
             yield r
 
 
-def check_image(key: str, read: Callable[[], bytes], store: ImageStore, max_pixels: int = DEFAULT_MAX_PIXELS,
-                require_jpeg: bool = True) -> dict:
+def check_image(key: str, read: Callable[[], bytes], store: ImageStore, max_pixels: int, require_jpeg: bool) -> dict:
     """Read one image's bytes, check them and store them: the outcome an `ImageJournal` records under `key`.
 
     Only images that pass validation enter the store; the format (and the stored extension) comes from the bytes.
@@ -98,8 +96,7 @@ def image_fields(outcome: dict) -> dict:
 
 
 def fetch_images(records: Iterable[dict], log: StageLog, journal: ImageJournal, download: Callable[[str], bytes],
-                 max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS, require_jpeg: bool = True
-                 ) -> Iterator[dict]:
+                 max_bytes: int, max_pixels: int, require_jpeg: bool) -> Iterator[dict]:
     """Get each post's one photo (the archive's copy, else its URL), check it and store it; posts whose photo
     fails are rejected with the reason.
 
@@ -128,18 +125,18 @@ def fetch_images(records: Iterable[dict], log: StageLog, journal: ImageJournal, 
 
 
 def release_images(records: Iterable[dict], log: StageLog, journal: ImageJournal, files: dict[str, Path],
-                   max_bytes: int, max_pixels: int = DEFAULT_MAX_PIXELS, require_jpeg: bool = True
-                   ) -> Iterator[dict]:
+                   max_bytes: int, max_pixels: int, require_jpeg: bool) -> Iterator[dict]:
     """A CMKP release's own image files (`files`: file name -> path), found by the basename of each post's
     image URL, checked and stored like fetched images. The unit of `log` is the image: a post with no image
     URL is not counted, a missing or failing image is rejected with its reason, and every post is yielded
     (the release's splits and texts are kept as given), with image_present false where its image failed.
+    A release without images (`files` empty) has no image to check: every post passes, none is counted.
     """
     try:
         for r in records:
             url = r.get("image_url", "")
             r.update(image_sha256="", image_path="", image_present=False, image_size=[0, 0])
-            if url:
+            if url and files:
                 # A lookup among the directory's own names: no path is ever built from the URL.
                 name = urlsplit(url).path.rsplit("/", 1)[-1]
                 if name not in files:
@@ -158,7 +155,7 @@ def release_images(records: Iterable[dict], log: StageLog, journal: ImageJournal
         journal.flush()
 
 
-def dedupe_images(records: Iterable[dict], log: StageLog, max_distance: int = 4) -> Iterator[dict]:
+def dedupe_images(records: Iterable[dict], log: StageLog, max_distance: int) -> Iterator[dict]:
     by_sha: dict[str, str] = {}
     near = NearDuplicateIndex(max_distance)
     for r in records:
@@ -174,7 +171,7 @@ def dedupe_images(records: Iterable[dict], log: StageLog, max_distance: int = 4)
             yield r
 
 
-def tokenize_posts(records: Iterable[dict], log: StageLog, tokenizer: PostTokenizer, min_tokens: int = 4
+def tokenize_posts(records: Iterable[dict], log: StageLog, tokenizer: PostTokenizer, min_tokens: int
                    ) -> Iterator[dict]:
     for r in records:
         tokens, keyphrases, hashtags = tokenizer.tokenize_post(r["text"], r.get("entities"))
@@ -188,7 +185,7 @@ def tokenize_posts(records: Iterable[dict], log: StageLog, tokenizer: PostTokeni
             yield r
 
 
-def filter_hashtags(records: list[dict], log: StageLog, min_count: int = 10) -> Iterator[dict]:
+def filter_hashtags(records: list[dict], log: StageLog, min_count: int) -> Iterator[dict]:
     """Drop keyphrases used by fewer than `min_count` posts, then posts left without any."""
     counts = Counter(k for r in records for k in set(r["keyphrases"]))
     for r in records:

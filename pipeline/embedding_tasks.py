@@ -15,26 +15,28 @@ import numpy as np
 from pipeline import shards
 from pipeline.image_tasks import ImageFeatureShard
 from pipeline.text_embedding import DEFAULT_MODEL, GROUP, TextEncoder, embedding_text
-from pipeline.text_tasks import TextShard
 
 
 class EmbedPosts(ImageFeatureShard):
     """Sentence embeddings of each post's tokens followed by its OCR tokens."""
 
     group = GROUP
+    reads_groups = ("ocr",)  # the shard's OCR work shard, where it holds one (see pipeline.tasks.feature_task)
     resources = {"gpu": 1}
     text_embedding_model = luigi.Parameter(default=DEFAULT_MODEL,
                                            description="a local model directory or a Hub id in the local cache")
     text_embedding_ocr = luigi.BoolParameter(default=True, description="append the post's OCR tokens")
     batch_size = luigi.IntParameter(default=64, significant=False)
     device = luigi.Parameter(default="auto", significant=False)
+    shard_features = luigi.ListParameter(default=[], description="the groups the final shard holds")
+    shard_carried = luigi.ListParameter(default=[], description="those of them the records carry")
 
     def requires(self):
-        deps = {"text": TextShard(**self.dataset(), split=self.split, shard_index=self.shard_index)}
-        if self.text_embedding_ocr:
-            from pipeline.tasks import feature_groups, feature_task
-            if "ocr" in feature_groups(self.dataset(), self.split, ["ocr"]):
-                deps["ocr"] = feature_task("ocr", self.dataset(), self.split, self.shard_index)
+        deps = super().requires()
+        if self.text_embedding_ocr and "ocr" in self.shard_features:
+            from pipeline.tasks import feature_task
+            deps["ocr"] = feature_task("ocr", self.dataset(), self.split, self.shard_index, self.shard_features,
+                                       self.shard_carried)
         return deps
 
     def run(self):

@@ -24,7 +24,6 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
-DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_DEADLINE = 120.0  # seconds for one whole download, however slowly its bytes come
 MAX_REDIRECTS = 5
 MAX_RETRY_AFTER = 30.0  # seconds of Retry-After waited for; a longer wait defers the image to a rerun
@@ -123,7 +122,7 @@ def check_url(url: str) -> None:
         raise FetchError("bad_url", f"host {host[:80]!r} is not a valid name ({err})") from None
 
 
-def download(session: requests.Session, url: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = 20.0,
+def download(session: requests.Session, url: str, max_bytes: int, timeout: float,
              deadline: float = DEFAULT_DEADLINE) -> bytes:
     """The body at `url`, at most `max_bytes`, within `deadline` seconds in all, or FetchError with the reason.
 
@@ -177,7 +176,7 @@ def _body(response: requests.Response, url: str, max_bytes: int, give_up: float,
     return b"".join(chunks)
 
 
-def read_local(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+def read_local(path: str | Path, max_bytes: int) -> bytes:
     """A file listed in an archive's `media/` (or a release's `images/`): at most `max_bytes`, and only if
     it really lies in that directory (a symlink out of it is refused: `outside_archive`)."""
     path = Path(path)

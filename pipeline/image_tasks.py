@@ -25,23 +25,21 @@ from pipeline.text_tasks import DatasetTask, ShardTask, SplitPosts, TextShard, r
 
 
 class ImageFeatureShard(ShardTask):
-    """Base of the per-shard feature tasks: reads the text shard, writes the group's work shard."""
+    """Base of the per-shard feature tasks: reads the text shard, writes the group's work shard.
+
+    `requires()` is a dict holding at least `"text"` (the text shard of the same split and index)."""
 
     group: str = ""
 
     def requires(self):
-        return TextShard(**self.dataset(), split=self.split, shard_index=self.shard_index)
-
-    def text_shard_path(self) -> str:
-        requirement = self.input()
-        return (requirement["text"] if isinstance(requirement, dict) else requirement).path
+        return {"text": TextShard(**self.dataset(), split=self.split, shard_index=self.shard_index)}
 
     def output(self):
-        return luigi.LocalTarget(str(self.path("work", self.group, self.split, shard_name(self.shard_index))))
+        return self.target("work", self.group, self.split, shard_name(self.shard_index))
 
     def rows(self) -> tuple[list[str], list[int], list[Path]]:
         """(post ids of the text shard, rows that have a valid image, those images' paths)."""
-        text = shards.read_shard(self.text_shard_path(), ["post_id", "image_present", "image_path"])
+        text = shards.read_shard(self.input()["text"].path, ["post_id", "image_present", "image_path"])
         rows = [i for i, present in enumerate(text["image_present"]) if present]
         return text["post_id"].tolist(), rows, [self.path(text["image_path"][i]) for i in rows]
 
@@ -53,6 +51,14 @@ class ImageFeatureShard(ShardTask):
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
         return images
+
+    def batches(self, rows: list[int], paths: list[Path], batch_size: int):
+        """(rows, their decoded images) per batch of `batch_size`, reporting progress after each batch."""
+        start = time.perf_counter()
+        for done in range(0, len(rows), batch_size):
+            chunk = slice(done, done + batch_size)
+            yield rows[chunk], self.load_images(paths[chunk])
+            self.report(min(done + batch_size, len(rows)), len(rows), start)
 
     def report(self, done: int, total: int, start: float) -> None:
         rate = done / max(time.perf_counter() - start, 1e-9)
@@ -74,13 +80,13 @@ class OCRVocabulary(DatasetTask):
         return SplitPosts(**self.dataset())
 
     def output(self):
-        return luigi.LocalTarget(str(self.path("work", "ocr", "vocabulary.json")))
+        return self.target("work", "ocr", "vocabulary.json")
 
     def run(self):
         from pipeline.ocr import corpus_vocabulary
 
-        records = [r for split in read_plan(self.dataset_dir)["splits"]
-                   for r in read_jsonl(Path(self.input().path, f"{split}.jsonl"))]
+        split_dir = self.input().path
+        records = [r for split in read_plan(split_dir)["splits"] for r in read_jsonl(Path(split_dir, f"{split}.jsonl"))]
         words = corpus_vocabulary((r["tokens"] for r in records), (";".join(r["keyphrases"]) for r in records))
         with self.output().temporary_path() as tmp:
             Path(tmp).write_text(json.dumps({"posts": len(records), "words": sorted(words)}) + "\n")
@@ -94,8 +100,7 @@ class RunOCR(ImageFeatureShard):
     tessdata = luigi.Parameter(default="/usr/share/tesseract-ocr/5/tessdata", description="Tesseract language data")
 
     def requires(self):
-        return {"text": TextShard(**self.dataset(), split=self.split, shard_index=self.shard_index),
-                "vocabulary": OCRVocabulary(**self.dataset())}
+        return {**super().requires(), "vocabulary": OCRVocabulary(**self.dataset())}
 
     def run(self):
         from pipeline import ocr
@@ -142,11 +147,8 @@ class ExtractVGG(ImageFeatureShard):
                                                precision=self.vgg_precision, batch_size=self.batch_size,
                                                device=self.device))
         grids = np.zeros((len(post_ids), GRID * GRID, CHANNELS), dtype=np.float16)
-        start = time.perf_counter()
-        for done in range(0, len(rows), self.batch_size):
-            chunk = slice(done, done + self.batch_size)
-            grids[rows[chunk]] = extractor.extract(self.load_images(paths[chunk]))
-            self.report(min(done + self.batch_size, len(rows)), len(rows), start)
+        for batch_rows, images in self.batches(rows, paths, self.batch_size):
+            grids[batch_rows] = extractor.extract(images)
         self.write(post_ids, {"vgg": grids}, {**extractor.provenance(), "random_weights": extractor.weights.random})
 
 
@@ -188,15 +190,12 @@ class ExtractBUTD(ImageFeatureShard):
         sources = {"butd": "features", "butd_boxes": "boxes", "butd_objects": "objects",
                    "butd_object_scores": "object_scores", "butd_attributes": "attributes",
                    "butd_attribute_scores": "attribute_scores"}
-        start = time.perf_counter()
-        for done in range(0, len(rows), self.batch_size):
-            chunk = slice(done, done + self.batch_size)
-            for row, out in zip(rows[chunk], extractor.extract(self.load_images(paths[chunk]))):
+        for batch_rows, images in self.batches(rows, paths, self.batch_size):
+            for row, out in zip(batch_rows, extractor.extract(images)):
                 k = len(out["boxes"])
                 columns["butd_num_boxes"][row] = k
                 for name, key in sources.items():
                     columns[name][row, :k] = out[key]
-            self.report(min(done + self.batch_size, len(rows)), len(rows), start)
         provenance = dict(extractor.provenance())
         attrs = {"butd_weights": provenance.pop("weights"), "butd_weights_sha256": provenance.pop("weights_sha256"),
                  "random_weights": bool(provenance.pop("random_weights")),
@@ -223,7 +222,7 @@ class TrainAttributePredictor(DatasetTask):
     device = luigi.Parameter(default="auto", significant=False)
 
     def output(self):
-        return luigi.LocalTarget(str(self.path("work", "attributes", "predictor.pt")))
+        return self.target("work", "attributes", "predictor.pt")
 
     def run(self):
         from pipeline import attributes
@@ -241,7 +240,6 @@ class TrainAttributePredictor(DatasetTask):
             self.set_progress_percentage(int(100 * epoch / epochs))
             self.set_status_message(f"attribute predictor: epoch {epoch}/{epochs}, loss {loss:.4f}")
 
-        self.output().makedirs()
         with self.output().temporary_path() as tmp:
             attributes.train(config, captions, images, tmp, device=self.device, progress=progress)
 
@@ -255,8 +253,7 @@ class PredictAttributes(ImageFeatureShard):
     device = luigi.Parameter(default="auto", significant=False)
 
     def requires(self):
-        return {"text": TextShard(**self.dataset(), split=self.split, shard_index=self.shard_index),
-                "predictor": TrainAttributePredictor(**self.dataset())}
+        return {**super().requires(), "predictor": TrainAttributePredictor(**self.dataset())}
 
     def run(self):
         from pipeline.attributes import TOP_K, AttributePredictor
@@ -264,13 +261,10 @@ class PredictAttributes(ImageFeatureShard):
         post_ids, rows, paths = self.rows()
         predictor = AttributePredictor(self.input()["predictor"].path, device=self.device, batch_size=self.batch_size)
         words, scores = [""] * len(post_ids), np.zeros((len(post_ids), TOP_K), np.float32)
-        start = time.perf_counter()
-        for done in range(0, len(rows), self.batch_size):
-            chunk = slice(done, done + self.batch_size)
-            top_words, top_scores = predictor.predict(self.load_images(paths[chunk]))
-            for row, line, values in zip(rows[chunk], top_words, top_scores):
+        for batch_rows, images in self.batches(rows, paths, self.batch_size):
+            top_words, top_scores = predictor.predict(images)
+            for row, line, values in zip(batch_rows, top_words, top_scores):
                 words[row], scores[row] = line, values
-            self.report(min(done + self.batch_size, len(rows)), len(rows), start)
         self.write(post_ids, {"attributes": words, "attribute_scores": scores},
                    {**predictor.provenance_attrs, "random_weights": predictor.random})
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
 MIN_SIDE = 8  # dHash compares a 9x8 grid: below this an image has nothing to compare
 CHECK_SIDE = 1024  # larger images are checked (colour, dHash) on a copy reduced to about this size
 JPEG_FORMATS = {"JPEG", "MPO"}  # Pillow calls a multi-picture JPEG "MPO"
@@ -50,8 +49,7 @@ class ValidImage:
     height: int
 
 
-def validate_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, require_jpeg: bool = True,
-                   gray_tolerance: int = 2) -> ValidImage:
+def validate_image(data: bytes, max_pixels: int, require_jpeg: bool, gray_tolerance: int = 2) -> ValidImage:
     """Decode `data` fully and return it as RGB, or raise `ImageRejected` with the reason."""
     if not data:
         raise ImageRejected("empty_file", "0 bytes")

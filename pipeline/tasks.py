@@ -1,14 +1,15 @@
 """The pipeline's entry module: `luigi --module pipeline.tasks BuildDataset --source S --input I --output OUT`.
 
-BuildDataset -> SplitManifest(split) -> AssembleShard(split, i) -> TextShard(split, i)  (pipeline.text_tasks)
-                                                               -> one work shard per feature group
-                -> Vocabulary, Report
+    BuildDataset -> SplitManifest(split) -> AssembleShard(split, i) -> TextShard(split, i)   (pipeline.text_tasks)
+                                                                    -> one work shard per feature group
+                 -> Vocabulary, Report, SplitPosts (and through it each source's stages: text_tasks.SOURCE_GRAPHS)
 
 Feature groups plug in through `FEATURE_TASKS`: a group name mapped to a `ShardTask` class whose output is
 `OUT/work/<group>/{split}/shard-NNNNN.h5`, written with `pipeline.shards.write_feature_shard` from the text
-shard of the same split and index. `AssembleShard` joins the text shard and the requested groups' work shards
-into the final `OUT/{split}/shard-NNNNN.h5`. A CMKP release carries its own `ocr` and `attributes`, which
-take the place of computed ones for that source.
+shard of the same split and index. `AssembleShard` joins the text shard and its groups' work shards into the
+final `OUT/{split}/shard-NNNNN.h5`. Groups the records carry themselves (a CMKP release's `ocr` and
+`attributes`) take the place of computed ones (`ReleaseFeatureShard`). Which groups a split's shards hold is
+known once the split is planned, so `SplitManifest` asks for its shards as dynamic dependencies.
 """
 from __future__ import annotations
 
@@ -19,11 +20,12 @@ from pathlib import Path
 import luigi
 
 from pipeline import __version__, shards
+from pipeline.atomic import DurableTarget
 from pipeline.report import check_counts, iter_rejects, load_counts
 from pipeline.sources import SOURCES
 from pipeline.text_tasks import (  # noqa: F401  (re-exported: luigi --module pipeline.tasks finds every task)
-    CrawlTweets, DatasetTask, DedupeImages, FetchImages, FilterHashtags, FilterPosts, ReleaseFeatureShard,
-    ReleaseImages, ShardTask, SplitPosts, StageTask, TextShard, TokenizePosts,
+    SOURCE_GRAPHS, CrawlTweets, DatasetTask, DedupeImages, FetchImages, FilterHashtags, FilterPosts,
+    ReleaseFeatureShard, ReleaseImages, ShardTask, SourceGraph, SplitPosts, StageTask, TextShard, TokenizePosts,
     chain_parameters, read_jsonl, read_plan, shard_name,
 )
 from pipeline.embedding_tasks import EmbedPosts
@@ -36,49 +38,58 @@ from pipeline.image_tasks import (  # noqa: F401  (re-exported as above)
 TEXT_GROUPS = {"text_embedding"}
 # Feature group -> task class (a ShardTask) that computes its work shard.
 FEATURE_TASKS: dict[str, type[ShardTask]] = {**IMAGE_FEATURE_TASKS, "text_embedding": EmbedPosts}
+ALL_FEATURES = ("ocr", "attributes", "vgg", "butd")
 
 
-def feature_groups(dataset: dict, split: str, requested) -> list[str]:
-    """Groups a split's final shards hold, in format order: those requested plus those a CMKP release carries.
-
-    A CMKP release without its `images/` folder has nothing to compute image features from, so its shards
-    hold the groups it carries and the requested groups computed from text alone (the model then runs with
-    the vision modality absent).
-    """
-    groups = set(requested)
-    if dataset["source"] == "cmkp":
-        from pipeline.sources.cmkp import release_feature_groups, release_image_files
-        carried = set(release_feature_groups(dataset["input_path"], split))
-        groups = groups | carried if release_image_files(dataset["input_path"]) else carried | (groups & TEXT_GROUPS)
-    unknown = groups - set(shards.FEATURE_COLUMNS)
+def check_feature_groups(groups) -> None:
+    unknown = set(groups) - set(shards.FEATURE_COLUMNS)
     if unknown:
         raise ValueError(f"unknown feature groups {sorted(unknown)}; known: {list(shards.FEATURE_COLUMNS)}")
-    return [g for g in shards.FEATURE_COLUMNS if g in groups]
 
 
-def feature_task(group: str, dataset: dict, split: str, shard_index: int) -> ShardTask:
-    if dataset["source"] == "cmkp":
-        from pipeline.sources.cmkp import release_feature_groups
-        if group in release_feature_groups(dataset["input_path"], split):
-            return ReleaseFeatureShard(**dataset, split=split, shard_index=shard_index, group=group)
+def shard_feature_groups(plan: dict, split: str, requested) -> tuple[list[str], list[str]]:
+    """(the groups a split's final shards hold, in format order; those of them its records carry).
+
+    Image groups are computed only where there are images to compute them from: a dataset none of whose posts
+    has an image (a CMKP release without `images/`) holds the groups its records carry and the requested groups
+    computed from text alone (the model then runs with the vision modality absent).
+    """
+    carried = plan["splits"][split].get("carried_features", [])
+    computed = set(requested) if plan.get("with_image", 1) else set(requested) & TEXT_GROUPS
+    groups = set(carried) | computed
+    check_feature_groups(groups)
+    return [g for g in shards.FEATURE_COLUMNS if g in groups], [g for g in shards.FEATURE_COLUMNS if g in carried]
+
+
+def feature_task(group: str, dataset: dict, split: str, shard_index: int, features, carried) -> ShardTask:
+    """The task writing `group`'s work shard for one shard whose final file holds `features`, of which `carried`
+    come from the records. A feature task that reads other groups' work shards names them in `reads_groups` and
+    is told the shard's groups (`shard_features`, `shard_carried`) to find them."""
+    where = {**dataset, "split": split, "shard_index": shard_index}
+    if group in carried:
+        return ReleaseFeatureShard(**where, group=group)
     if group not in FEATURE_TASKS:
         raise ValueError(f"no task computes feature group {group!r} (registered: {sorted(FEATURE_TASKS)})")
-    return FEATURE_TASKS[group](**dataset, split=split, shard_index=shard_index)
+    task_class = FEATURE_TASKS[group]
+    if getattr(task_class, "reads_groups", ()):
+        where.update(shard_features=list(features), shard_carried=list(carried))
+    return task_class(**where)
 
 
 class AssembleShard(ShardTask):
     """A final shard `OUT/{split}/shard-NNNNN.h5`: the text shard plus each feature group's work shard."""
 
-    features = luigi.ListParameter(default=[])
+    features = luigi.ListParameter(default=[], description="the groups the shard holds")
+    carried = luigi.ListParameter(default=[], description="those of them the records carry")
 
     def requires(self):
         deps = {"text": TextShard(**self.dataset(), split=self.split, shard_index=self.shard_index)}
-        for group in feature_groups(self.dataset(), self.split, self.features):
-            deps[group] = feature_task(group, self.dataset(), self.split, self.shard_index)
+        for group in self.features:
+            deps[group] = feature_task(group, self.dataset(), self.split, self.shard_index, self.features, self.carried)
         return deps
 
     def output(self):
-        return luigi.LocalTarget(str(self.path(self.split, shard_name(self.shard_index))))
+        return self.target(self.split, shard_name(self.shard_index))
 
     def run(self):
         inputs = self.input()
@@ -106,19 +117,21 @@ class SplitManifest(DatasetTask):
     """`OUT/{split}/manifest.json`: counts and the shard list (sha256, num_samples) of one split."""
 
     split = luigi.ChoiceParameter(choices=("train", "valid", "test"))
-    features = luigi.ListParameter(default=[])
+    features = luigi.ListParameter(default=[], description="feature groups requested for the dataset")
 
     def requires(self):
         return SplitPosts(**self.dataset())
 
     def output(self):
-        return luigi.LocalTarget(str(self.path(self.split, "manifest.json")))
+        return self.target(self.split, "manifest.json")
 
     def run(self):
-        n_shards = read_plan(self.dataset_dir)["splits"][self.split]["shards"]
-        # Dynamic dependencies: the number of shards is known only once SplitPosts has run.
-        targets = yield [AssembleShard(**self.dataset(), split=self.split, shard_index=i, features=self.features)
-                         for i in range(n_shards)]
+        plan = read_plan(self.input().path)
+        n_shards = plan["splits"][self.split]["shards"]
+        groups, carried = shard_feature_groups(plan, self.split, self.features)
+        # Dynamic dependencies: the number of shards and the groups they hold are known once SplitPosts has run.
+        targets = yield [AssembleShard(**self.dataset(), split=self.split, shard_index=i, features=groups,
+                                       carried=carried) for i in range(n_shards)]
         entries, posts, with_image, with_ocr = [], 0, 0, 0
         for i, target in enumerate(targets):
             data = shards.read_shard(target.path, ["image_present"])
@@ -144,7 +157,7 @@ class Vocabulary(DatasetTask):
         return SplitPosts(**self.dataset())
 
     def output(self):
-        return luigi.LocalTarget(str(self.path("vocab.json")))
+        return self.target("vocab.json")
 
     def run(self):
         tokens, keyphrase_words, ocr_tokens = Counter(), Counter(), Counter()
@@ -164,42 +177,46 @@ class Vocabulary(DatasetTask):
 
 
 class Report(DatasetTask):
-    """`OUT/report.json` (counts per stage, reconciled) and `OUT/rejects.jsonl` (every rejection, all stages)."""
+    """`OUT/report.json` (counts per stage, reconciled) and `OUT/rejects.jsonl` (every rejection, all stages).
+
+    Its stages are those of its source's graph, in pipeline order, each a requirement."""
 
     def requires(self):
-        return SplitPosts(**self.dataset())
+        return {"stages": {cls.stage: cls(**self.dataset()) for cls in SOURCE_GRAPHS[self.source].stages},
+                "split": SplitPosts(**self.dataset())}
 
     def output(self):
-        return luigi.LocalTarget(str(self.path("report.json")))
-
-    def stage_tasks(self) -> list[StageTask]:
-        """The stages upstream of the split, in pipeline order."""
-        stages, task = [], self.requires()
-        while True:
-            deps = luigi.task.flatten(task.requires())
-            stage_deps = [d for d in deps if isinstance(d, StageTask)]
-            if not stage_deps:
-                break
-            task = stage_deps[0]
-            stages.append(task)
-        return stages[::-1]
+        return self.target("report.json")
 
     def run(self):
         stages = {}
-        rejects_target = luigi.LocalTarget(str(self.path("rejects.jsonl")))
-        with rejects_target.temporary_path() as tmp, open(tmp, "w", encoding="utf-8") as out:
-            for task in self.stage_tasks():
-                directory = task.output().path
-                counts = load_counts(directory)
-                check_counts(task.stage, counts)
-                stages[task.stage] = counts
-                for reject in iter_rejects(directory):
+        with DurableTarget(str(self.path("rejects.jsonl"))).temporary_path() as tmp, \
+                open(tmp, "w", encoding="utf-8") as out:
+            for stage, target in self.input()["stages"].items():
+                counts = load_counts(target.path)
+                check_counts(stage, counts)
+                stages[stage] = counts
+                for reject in iter_rejects(target.path):
                     out.write(json.dumps(reject, ensure_ascii=False) + "\n")
-        plan = read_plan(self.dataset_dir)
+        plan = read_plan(self.input()["split"].path)
         report = {"source": self.source, "stages": stages,
                   "splits": {s: v["posts"] for s, v in plan["splits"].items()}}
         with self.output().temporary_path() as tmp:
             Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
+
+
+class DatasetDirectoryParameter(luigi.Parameter):
+    """BuildDataset's documented `--output DIR`, whose name shadows `luigi.Task.output()` on the instance. The
+    value is kept as the directory (a str) that can also be called, returning the task's one output
+    `DIR/manifest.json`, so that Luigi's completeness check and a `yield BuildDataset(...)` from another task
+    work as for any task."""
+
+    class Directory(str):
+        def __call__(self) -> DurableTarget:
+            return DurableTarget(str(Path(self, "manifest.json")))
+
+    def normalize(self, x):
+        return self.Directory(x)
 
 
 class BuildDataset(luigi.Task):
@@ -210,30 +227,31 @@ class BuildDataset(luigi.Task):
 
     source = luigi.ChoiceParameter(choices=SOURCES, description="archive, api, ids or cmkp")
     input = luigi.Parameter(description="archive directory, id file, query or CMKP release directory")
-    output = luigi.Parameter(description="the dataset directory")
-    features = luigi.ListParameter(default=[], description="feature groups to compute, e.g. [\"ocr\", \"vgg\"]")
+    output = DatasetDirectoryParameter(description="the dataset directory")
+    features = luigi.ListParameter(default=ALL_FEATURES, description="feature groups to compute, e.g. [\"ocr\", \"vgg\"]")
 
     def dataset(self) -> dict:
-        return {"source": self.source, "input_path": self.input, "dataset_dir": self.output}
+        return {"source": self.source, "input_path": self.input, "dataset_dir": str(self.output)}
 
-    def manifest_target(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(str(Path(self.output, "manifest.json")))
-
-    # `output` is the --output parameter here, so completeness is decided by the manifest directly.
-    def complete(self):
-        return self.manifest_target().exists()
+    def inputs(self) -> dict:
+        """`Task.input()`, which the `--input` parameter shadows on the instance (as `--output` does `output()`,
+        see DatasetDirectoryParameter)."""
+        return luigi.Task.input(self)
 
     def requires(self):
+        check_feature_groups(self.features)
         return {"split": SplitPosts(**self.dataset()), "vocab": Vocabulary(**self.dataset()),
                 "report": Report(**self.dataset())}
 
     def run(self):
-        plan = read_plan(self.output)
+        inputs = self.inputs()
+        plan = read_plan(inputs["split"].path)
         splits = list(plan["splits"])
         manifests = yield {s: SplitManifest(**self.dataset(), split=s, features=self.features) for s in splits}
         files = []
-        for name in ("vocab.json", "report.json", "rejects.jsonl"):
-            files.append({"file": name, "sha256": shards.sha256_file(Path(self.output, name))})
+        for name in ("vocab", "report"):
+            files.append({"file": f"{name}.json", "sha256": shards.sha256_file(inputs[name].path)})
+        files.append({"file": "rejects.jsonl", "sha256": shards.sha256_file(Path(self.output, "rejects.jsonl"))})
         split_counts = {}
         for split in splits:
             manifest = json.loads(Path(manifests[split].path).read_text())
@@ -244,5 +262,5 @@ class BuildDataset(luigi.Task):
         manifest = {"format_version": shards.FORMAT_VERSION, "pipeline_version": __version__,
                     "source": self.source, "input": self.input, "features": list(self.features),
                     "parameters": plan["parameters"], "splits": split_counts, "files": files}
-        with self.manifest_target().temporary_path() as tmp:
+        with self.output().temporary_path() as tmp:
             Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n")

@@ -1,17 +1,21 @@
 """The text half of the pipeline as Luigi tasks: posts in, text shards `OUT/work/text/{split}/shard-NNNNN.h5` out.
 
-Stages (each its own task, each output written to a temporary path and renamed, so a file or directory that
-exists is complete; a rerun after a failure or a kill redoes only what is missing):
+`SOURCE_GRAPHS` (at the end of this module) is the one place that says, per source, which tasks produce its
+records and how they are split:
 
-    CrawlTweets [-> ReleaseImages] -> SplitPosts -> TextShard(split, shard_index)                 (cmkp)
-    CrawlTweets -> FilterPosts -> FetchImages -> DedupeImages -> TokenizePosts -> FilterHashtags
-                -> SplitPosts -> TextShard(split, shard_index)                          (archive, api, ids)
+    cmkp (a release):           CrawlTweets -> ReleaseImages -> SplitPosts (the release's own splits)
+    archive, api, ids (crawls): CrawlTweets -> FilterPosts -> FetchImages -> DedupeImages -> TokenizePosts
+                                -> FilterHashtags -> SplitPosts (shuffled with a seed, cut 80/10/10)
+    then, for every source:     SplitPosts -> TextShard(split, shard_index)
 
-A stage directory `OUT/work/<stage>/` holds `posts.jsonl` (the records kept, one JSON object per line),
-`rejects.jsonl` and `counts.json` (see `pipeline.report`); the image stages also keep a journal beside it
-(`OUT/work/<stage>-journal.jsonl`) from which a killed run resumes. `SplitPosts` writes `OUT/work/split/{split}.jsonl`
-and `plan.json` (posts and shards per split); `text_shard_paths()` enumerates a split's text shards from it, so
-feature stages can require `TextShard(..., split=s, shard_index=i)` for each.
+Each stage is one task whose `requires()` is the stage before it in its source's graph. Every output is written
+to a temporary path, made durable and renamed (`pipeline.atomic`), so a file or directory that exists is
+complete and a rerun after a failure or a kill redoes only what is missing. A stage directory
+`OUT/work/<stage>/` holds `posts.jsonl` (the records kept, one JSON object per line), `rejects.jsonl` and
+`counts.json` (see `pipeline.report`); the image stages also keep a journal beside it
+(`OUT/work/<stage>-journal.jsonl`) from which a killed run resumes. `SplitPosts` writes
+`OUT/work/split/{split}.jsonl` and `plan.json` (posts, shards and the feature groups the records carry, per
+split); the shard tasks read their records from there.
 
 A post record, as it reaches the text shards:
     id, split, text, tokens (str), keyphrases (list of str), hashtags (list of str), image_url, image_sha256,
@@ -19,20 +23,20 @@ A post record, as it reaches the text shards:
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
-import os
 import random
-import shutil
 import time
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import luigi
 
 from pipeline import shards
-from pipeline.report import StageLog, load_counts
+from pipeline.atomic import DurableTarget, atomic_directory
+from pipeline.report import StageLog
 from pipeline.sources import SOURCES
 
 SPLITS = ("train", "valid", "test")
@@ -52,18 +56,6 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
     with open(path, encoding="utf-8") as f:
         for line in f:
             yield json.loads(line)
-
-
-@contextmanager
-def atomic_directory(target: luigi.LocalTarget):
-    """A temporary directory renamed to `target` on success and removed on failure."""
-    with target.temporary_path() as tmp:
-        os.makedirs(tmp)
-        try:
-            yield Path(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
 
 def shard_name(shard_index: int) -> str:
@@ -104,17 +96,46 @@ class DatasetTask(luigi.Task):
     def path(self, *parts: str) -> Path:
         return Path(self.dataset_dir, *parts)
 
+    def target(self, *parts: str) -> DurableTarget:
+        return DurableTarget(str(self.path(*parts)))
+
 
 class StageTask(DatasetTask):
-    """A stage that reads records and keeps or rejects each: output `OUT/work/<stage>/`."""
+    """A stage that reads records and keeps or rejects each: output `OUT/work/<stage>/`.
+
+    `run()` is the same for every stage: read the upstream stage's kept posts, `process` them, save what is
+    kept with the stage's log into the atomic stage directory, report progress. A stage writes `process` only.
+    """
 
     stage: str = ""
+    unit: str = "posts"  # what the stage counts; "images" for a stage that passes every post on
+
+    def requires(self):
+        """The stage before this one in its source's graph (none for the first)."""
+        stages = SOURCE_GRAPHS[self.source].stages
+        if type(self) not in stages:
+            raise ValueError(f"{self.task_family} is not a stage of source {self.source!r}")
+        position = stages.index(type(self))
+        return stages[position - 1](**self.dataset()) if position else []
 
     def output(self):
-        return luigi.LocalTarget(str(self.path("work", self.stage)))
+        return self.target("work", self.stage)
 
     def upstream_records(self) -> list[dict]:
+        if not self.requires():
+            return []
         return list(read_jsonl(Path(self.input().path) / "posts.jsonl"))
+
+    def process(self, records: list[dict], log: StageLog) -> Iterable[dict]:
+        """The records this stage keeps; every record read is kept or rejected (with its reason) into `log`."""
+        raise NotImplementedError
+
+    def run(self):
+        log = StageLog(self.stage, unit=self.unit)
+        records = self.upstream_records()
+        with atomic_directory(self.output().path) as tmp:
+            self.save(tmp, self.process(records, log), log)
+        self.set_progress_percentage(100)
 
     def progress(self, records: list[dict]) -> Iterator[dict]:
         """`records`, reporting the share handed out so far as Luigi progress and status message."""
@@ -130,8 +151,9 @@ class StageTask(DatasetTask):
         written = write_jsonl(directory / "posts.jsonl", records)
         # Nothing lost between stages: a stage of posts reads every post the stage before it kept and writes every
         # post it keeps; a stage of images (ReleaseImages) passes every post through.
-        upstream = self.requires()
-        passed_in = load_counts(upstream.output().path)["kept"] if isinstance(upstream, StageTask) else None
+        passed_in = None
+        if self.requires():
+            passed_in = json.loads((Path(self.input().path) / "counts.json").read_text())["kept"]
         expected = {"read": passed_in, "written": log.kept} if log.unit == "posts" else {"written": passed_in}
         found = {"read": log.read, "written": written}
         for what, n in expected.items():
@@ -143,7 +165,7 @@ class StageTask(DatasetTask):
 
 
 class CrawlTweets(StageTask):
-    """Import or crawl posts from the source into `OUT/work/crawl/posts.jsonl`."""
+    """Import or crawl posts from the source (its graph's `read`) into `OUT/work/crawl/posts.jsonl`."""
 
     stage = "crawl"
     api_base_url = luigi.Parameter(default="https://api.twitter.com", significant=False,
@@ -152,19 +174,6 @@ class CrawlTweets(StageTask):
                                          description="search/recent or search/all (full archive)")
     max_pages = luigi.IntParameter(default=0, description="stop the search after this many pages (0: no limit)")
     token_env = luigi.Parameter(default="TWITTER_BEARER_TOKEN", description="environment variable of the token")
-
-    def records(self, log: StageLog) -> Iterator[dict]:
-        if self.source == "cmkp":
-            from pipeline.sources.cmkp import read_release
-            return read_release(self.input_path, log)
-        if self.source == "archive":
-            from pipeline.sources.archive import read_archive
-            return read_archive(self.input_path, log)
-        from pipeline.sources.api import crawl_records
-        # Pages go to their own directory, outside the atomic stage directory: they are the resume point.
-        return crawl_records(self.source, self.input_path, self.path("work", "crawl-pages"), log,
-                             base_url=self.api_base_url, endpoint=self.api_endpoint, max_pages=self.max_pages,
-                             token_env=self.token_env, progress=self.set_status_message)
 
     def counted(self, records: Iterator[dict], log: StageLog) -> Iterator[dict]:
         """`records`, reporting the counts so far as status message (how many posts a source holds is not
@@ -176,11 +185,37 @@ class CrawlTweets(StageTask):
                 self.set_status_message(f"{self.stage}: read {log.read}, kept {log.kept}")
             yield record
 
-    def run(self):
-        log = StageLog(self.stage)
-        with atomic_directory(self.output()) as tmp:
-            self.save(tmp, self.counted(self.records(log), log), log)
-        self.set_progress_percentage(100)
+    def process(self, records, log):
+        return self.counted(SOURCE_GRAPHS[self.source].read(self, log), log)
+
+
+def read_release(task: CrawlTweets, log: StageLog) -> Iterator[dict]:
+    from pipeline.sources.cmkp import read_release
+
+    return read_release(task.input_path, log)
+
+
+def read_archive(task: CrawlTweets, log: StageLog) -> Iterator[dict]:
+    from pipeline.sources.archive import read_archive
+
+    return read_archive(task.input_path, log)
+
+
+def crawl_api(task: CrawlTweets, log: StageLog) -> Iterator[dict]:
+    from pipeline.sources.api import crawl_records
+
+    # Pages go to their own directory, outside the atomic stage directory: they are the resume point, keyed by
+    # what was asked (a rerun with another query or id file never resumes from this one's pages).
+    return crawl_records(task.source, task.input_path, task.path("work", "crawl-pages", crawl_key(task)), log,
+                         base_url=task.api_base_url, endpoint=task.api_endpoint, max_pages=task.max_pages,
+                         token_env=task.token_env, progress=task.set_status_message)
+
+
+def crawl_key(task: CrawlTweets) -> str:
+    """What an API crawl asks for, as a short digest: the query and endpoint, or the id file's bytes."""
+    asked = task.input_path.encode("utf-8") if task.source == "api" else Path(task.input_path).read_bytes()
+    digest = hashlib.sha256(task.source.encode() + b"\0" + task.api_endpoint.encode() + b"\0" + asked)
+    return f"{task.source}-{digest.hexdigest()[:16]}"
 
 
 class FilterPosts(StageTask):
@@ -190,28 +225,27 @@ class FilterPosts(StageTask):
     max_hashtags = luigi.IntParameter(default=5)
     language = luigi.Parameter(default="en")
 
-    def requires(self):
-        return CrawlTweets(**self.dataset())
-
-    def run(self):
+    def process(self, records, log):
         from pipeline.clean import filter_posts
 
-        log = StageLog(self.stage)
-        with atomic_directory(self.output()) as tmp:
-            self.save(tmp, filter_posts(self.progress(self.upstream_records()), log, self.max_hashtags, self.language), log)
-        self.set_progress_percentage(100)
+        return filter_posts(self.progress(records), log, self.max_hashtags, self.language)
 
 
 class ImageStage(StageTask):
     """A stage that checks and stores images (`pipeline.clean.check_image`), remembering each outcome in
     `OUT/work/<stage>-journal.jsonl` (`pipeline.fetch.ImageJournal`, appended every `journal_batch` images):
     the journal lives outside the atomic stage directory, so a killed run resumes where the journal ends and
-    no image that was already fetched and checked is fetched again."""
+    no image that was already fetched and checked is fetched again.
 
-    max_bytes = luigi.IntParameter(default=20 * 1024 * 1024, description="size cap of one image file")
-    max_pixels = luigi.IntParameter(default=89_478_485, description="pixel cap (decompression bombs)")
+    The checks are defined once here; ReleaseImages falls back on FetchImages' settings (`config_path`)."""
+
+    max_bytes = luigi.IntParameter(default=20 * 1024 * 1024, description="size cap of one image file",
+                                   config_path={"section": "FetchImages", "name": "max_bytes"})
+    max_pixels = luigi.IntParameter(default=89_478_485, description="pixel cap (decompression bombs; Pillow's own)",
+                                    config_path={"section": "FetchImages", "name": "max_pixels"})
     require_jpeg = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
-                                       description="the paper's rule: only JPEG bytes are kept")
+                                       description="the paper's rule: only JPEG bytes are kept",
+                                       config_path={"section": "FetchImages", "name": "require_jpeg"})
     journal_batch = luigi.IntParameter(default=50, significant=False,
                                        description="images per append to the journal (at most this many redone)")
 
@@ -231,25 +265,17 @@ class FetchImages(ImageStage):
     timeout = luigi.FloatParameter(default=20.0, description="seconds per HTTP request")
     retries = luigi.IntParameter(default=3, description="HTTP retries, with exponential backoff")
 
-    def requires(self):
-        return FilterPosts(**self.dataset())
-
-    def run(self):
+    def process(self, records, log):
         from pipeline.clean import fetch_images
         from pipeline.fetch import download, make_session
 
         session = make_session(retries=self.retries)
-        records = self.upstream_records()
-        log = StageLog(self.stage)
 
         def get(url: str) -> bytes:
             return download(session, url, self.max_bytes, self.timeout)
 
-        kept = fetch_images(self.progress(records), log, self.journal(), get, self.max_bytes, self.max_pixels,
+        return fetch_images(self.progress(records), log, self.journal(), get, self.max_bytes, self.max_pixels,
                             self.require_jpeg)
-        with atomic_directory(self.output()) as tmp:
-            self.save(tmp, kept, log)
-        self.set_progress_percentage(100)
 
 
 class ReleaseImages(ImageStage):
@@ -257,34 +283,19 @@ class ReleaseImages(ImageStage):
     basename of each post's image URL (the authors' `*_url_map` keys its images by file name). Each is checked
     like a fetched image and stored by content hash; a missing or failing image is rejected with its reason,
     but its post is kept with `image_present` false, since the release's splits and texts are kept as given.
-    The stage's counts are of images (`"unit": "images"` in counts.json), not of posts.
-
-    The size and pixel caps and the JPEG rule default to FetchImages' settings in luigi.cfg.
+    The stage's counts are of images (`"unit": "images"` in counts.json), not of posts; a release without
+    `images/` has none to count, and every post passes with `image_present` false.
     """
 
     stage = "release_images"
-    max_bytes = luigi.IntParameter(default=20 * 1024 * 1024, description="size cap of one image file",
-                                   config_path={"section": "FetchImages", "name": "max_bytes"})
-    max_pixels = luigi.IntParameter(default=89_478_485, description="pixel cap (decompression bombs)",
-                                    config_path={"section": "FetchImages", "name": "max_pixels"})
-    require_jpeg = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
-                                       description="the paper's rule: only JPEG bytes are kept",
-                                       config_path={"section": "FetchImages", "name": "require_jpeg"})
+    unit = "images"
 
-    def requires(self):
-        return CrawlTweets(**self.dataset())
-
-    def run(self):
+    def process(self, records, log):
         from pipeline.clean import release_images
         from pipeline.sources.cmkp import release_image_files
 
-        records = self.upstream_records()
-        log = StageLog(self.stage, unit="images")
-        kept = release_images(self.progress(records), log, self.journal(), release_image_files(self.input_path),
+        return release_images(self.progress(records), log, self.journal(), release_image_files(self.input_path),
                               self.max_bytes, self.max_pixels, self.require_jpeg)
-        with atomic_directory(self.output()) as tmp:
-            self.save(tmp, kept, log)
-        self.set_progress_percentage(100)
 
 
 class DedupeImages(StageTask):
@@ -293,16 +304,10 @@ class DedupeImages(StageTask):
     stage = "dedupe"
     max_distance = luigi.IntParameter(default=4, description="dHash Hamming distance counted as duplicate")
 
-    def requires(self):
-        return FetchImages(**self.dataset())
-
-    def run(self):
+    def process(self, records, log):
         from pipeline.clean import dedupe_images
 
-        log = StageLog(self.stage)
-        with atomic_directory(self.output()) as tmp:
-            self.save(tmp, dedupe_images(self.progress(self.upstream_records()), log, self.max_distance), log)
-        self.set_progress_percentage(100)
+        return dedupe_images(self.progress(records), log, self.max_distance)
 
 
 class TokenizePosts(StageTask):
@@ -313,22 +318,15 @@ class TokenizePosts(StageTask):
     segmenter_stats_from = luigi.ListParameter(default=[], description="extra corpora for the word statistics")
     segmenter_learn_from = luigi.ListParameter(default=[], description="CMKP *_src.txt files to learn from")
 
-    def requires(self):
-        return DedupeImages(**self.dataset())
-
-    def run(self):
+    def process(self, records, log):
         from pipeline.clean import tokenize_posts
         from pipeline.segment import build_segmenter
         from pipeline.text import PostTokenizer
 
-        records = self.upstream_records()
         self.set_status_message("building the hashtag segmenter")
         segmenter = build_segmenter(corpus_texts=[r["text"] for r in records],
                                     stats_from=self.segmenter_stats_from, learn_from=self.segmenter_learn_from)
-        log = StageLog(self.stage)
-        with atomic_directory(self.output()) as tmp:
-            self.save(tmp, tokenize_posts(self.progress(records), log, PostTokenizer(segmenter), self.min_tokens), log)
-        self.set_progress_percentage(100)
+        return tokenize_posts(self.progress(records), log, PostTokenizer(segmenter), self.min_tokens)
 
 
 class FilterHashtags(StageTask):
@@ -337,23 +335,45 @@ class FilterHashtags(StageTask):
     stage = "hashtags"
     min_hashtag_count = luigi.IntParameter(default=10)
 
-    def requires(self):
-        return TokenizePosts(**self.dataset())
-
-    def run(self):
+    def process(self, records, log):
         from pipeline.clean import filter_hashtags
 
-        log = StageLog(self.stage)
-        records = self.upstream_records()
-        with atomic_directory(self.output()) as tmp:
-            self.save(tmp, filter_hashtags(records, log, self.min_hashtag_count), log)
-        self.set_progress_percentage(100)
+        return filter_hashtags(records, log, self.min_hashtag_count)
+
+
+@dataclass(frozen=True)
+class SourceGraph:
+    """How one source's posts become a split dataset."""
+
+    read: Callable[[CrawlTweets, StageLog], Iterator[dict]]  # the crawl stage's reader of the source
+    stages: tuple[type[StageTask], ...]  # in pipeline order, CrawlTweets first; SplitPosts reads the last one's
+    keeps_splits: bool  # True: records carry their split (a release); False: shuffled and cut 80/10/10
+
+
+RELEASE_STAGES = (CrawlTweets, ReleaseImages)
+CRAWL_STAGES = (CrawlTweets, FilterPosts, FetchImages, DedupeImages, TokenizePosts, FilterHashtags)
+SOURCE_GRAPHS: dict[str, SourceGraph] = {
+    "cmkp": SourceGraph(read_release, RELEASE_STAGES, keeps_splits=True),
+    "archive": SourceGraph(read_archive, CRAWL_STAGES, keeps_splits=False),
+    "api": SourceGraph(crawl_api, CRAWL_STAGES, keeps_splits=False),
+    "ids": SourceGraph(crawl_api, CRAWL_STAGES, keeps_splits=False),
+}
+
+
+def carried_feature_groups(records: list[dict]) -> list[str]:
+    """Feature groups the records themselves carry (a CMKP release's OCR and attributes), in format order."""
+    from pipeline.sources.cmkp import RELEASE_FEATURES
+
+    return [group for group, columns in RELEASE_FEATURES.items()
+            if records and all(column in records[0] for column in columns)]
 
 
 class SplitPosts(DatasetTask):
     """Assign posts to train/valid/test and plan the shards: `OUT/work/split/{split}.jsonl` + `plan.json`.
 
-    CMKP releases keep their own splits; other sources are shuffled with `seed` and cut 80/10/10.
+    A release keeps its own splits (a split it lacks gets no file, no shards and no manifest); other sources
+    are shuffled with `seed` and cut 80/10/10. The plan records per split its posts, its number of shards and
+    the feature groups its records carry, and how many posts of the dataset have an image.
     """
 
     shard_size = luigi.IntParameter(default=2000, description="posts per shard")
@@ -362,19 +382,13 @@ class SplitPosts(DatasetTask):
     valid_fraction = luigi.FloatParameter(default=0.1)
 
     def requires(self):
-        # A CMKP release is already clean, tokenized and segmented; only its own images (if it has them) are checked.
-        if self.source == "cmkp":
-            from pipeline.sources.cmkp import release_image_files
-            if release_image_files(self.input_path):
-                return ReleaseImages(**self.dataset())
-            return CrawlTweets(**self.dataset())
-        return FilterHashtags(**self.dataset())
+        return SOURCE_GRAPHS[self.source].stages[-1](**self.dataset())
 
     def output(self):
-        return luigi.LocalTarget(str(self.path("work", "split")))
+        return self.target("work", "split")
 
     def assign(self, records: list[dict]) -> dict[str, list[dict]]:
-        if self.source == "cmkp":
+        if SOURCE_GRAPHS[self.source].keeps_splits:
             by_split: dict[str, list[dict]] = {}
             for record in records:
                 by_split.setdefault(record["split"], []).append(record)
@@ -396,39 +410,31 @@ class SplitPosts(DatasetTask):
             raise ValueError(f"shard_size must be positive, got {self.shard_size}")
         records = list(read_jsonl(Path(self.input().path) / "posts.jsonl"))
         by_split = self.assign(records)
-        plan = {"shard_size": self.shard_size, "source": self.source,
-                "parameters": chain_parameters(self), "splits": {}}
-        with atomic_directory(self.output()) as tmp:
+        plan = {"shard_size": self.shard_size, "source": self.source, "parameters": chain_parameters(self),
+                "with_image": sum(bool(r.get("image_present")) for r in records), "splits": {}}
+        with atomic_directory(self.output().path) as tmp:
             for split in SPLITS:
-                members = by_split.get(split, [])
-                if self.source == "cmkp" and split not in by_split:
-                    continue  # a release without this split: no shards, no manifest
+                if split not in by_split:
+                    continue
+                members = by_split[split]
                 write_jsonl(tmp / f"{split}.jsonl", members)
-                plan["splits"][split] = {"posts": len(members),
-                                         "shards": -(-len(members) // self.shard_size)}
+                plan["splits"][split] = {"posts": len(members), "shards": -(-len(members) // self.shard_size),
+                                         "carried_features": carried_feature_groups(members)}
             (tmp / "plan.json").write_text(json.dumps(plan, indent=1, sort_keys=True) + "\n")
         self.set_status_message(f"split: { {s: v['posts'] for s, v in plan['splits'].items()} }")
         self.set_progress_percentage(100)
 
 
-def read_plan(dataset_dir: str | Path) -> dict:
-    return json.loads(Path(dataset_dir, "work", "split", "plan.json").read_text())
+def read_plan(split_dir: str | Path) -> dict:
+    """The plan in `SplitPosts`' output directory (`OUT/work/split/`)."""
+    return json.loads(Path(split_dir, "plan.json").read_text())
 
 
 def text_shard_paths(dataset_dir: str | Path, split: str) -> list[Path]:
     """The text shards of a split, in order (needs `SplitPosts` done: the plan fixes their number)."""
-    plan = read_plan(dataset_dir)
+    plan = read_plan(Path(dataset_dir, "work", "split"))
     shards_in_split = plan["splits"].get(split, {"shards": 0})["shards"]
     return [Path(dataset_dir, "work", "text", split, shard_name(i)) for i in range(shards_in_split)]
-
-
-def shard_records(dataset_dir: str | Path, split: str, shard_index: int) -> list[dict]:
-    """The records of one planned shard, read from `OUT/work/split/{split}.jsonl`."""
-    size = read_plan(dataset_dir)["shard_size"]
-    path = Path(dataset_dir, "work", "split", f"{split}.jsonl")
-    with open(path, encoding="utf-8") as f:
-        lines = itertools.islice(f, shard_index * size, (shard_index + 1) * size)
-        return [json.loads(line) for line in lines]
 
 
 class ShardTask(DatasetTask):
@@ -437,10 +443,14 @@ class ShardTask(DatasetTask):
     split = luigi.ChoiceParameter(choices=SPLITS)
     shard_index = luigi.IntParameter()
 
-    def records(self) -> list[dict]:
-        records = shard_records(self.dataset_dir, self.split, self.shard_index)
+    def shard_records(self, split_dir: str | Path) -> list[dict]:
+        """This shard's records, read from `SplitPosts`' output `split_dir`."""
+        size = read_plan(split_dir)["shard_size"]
+        with open(Path(split_dir, f"{self.split}.jsonl"), encoding="utf-8") as f:
+            lines = itertools.islice(f, self.shard_index * size, (self.shard_index + 1) * size)
+            records = [json.loads(line) for line in lines]
         if not records:
-            raise ValueError(f"{self.split} shard {self.shard_index} is not in the plan of {self.dataset_dir}")
+            raise ValueError(f"{self.split} shard {self.shard_index} is not in the plan of {split_dir}")
         return records
 
 
@@ -451,10 +461,10 @@ class TextShard(ShardTask):
         return SplitPosts(**self.dataset())
 
     def output(self):
-        return luigi.LocalTarget(str(self.path("work", "text", self.split, shard_name(self.shard_index))))
+        return self.target("work", "text", self.split, shard_name(self.shard_index))
 
     def run(self):
-        records = self.records()
+        records = self.shard_records(self.input().path)
         self.set_status_message(f"writing {len(records)} posts")
         columns = {
             "post_id": [r["id"] for r in records],
@@ -476,26 +486,28 @@ class TextShard(ShardTask):
 
 
 class ReleaseFeatureShard(ShardTask):
-    """A feature group carried from a CMKP release (`ocr` or `attributes`) as a work shard
+    """A feature group the records carry (a CMKP release's `ocr` or `attributes`) as a work shard
     `OUT/work/<group>/{split}/shard-NNNNN.h5`, aligned with the text shard of the same index."""
 
     group = luigi.ChoiceParameter(choices=("ocr", "attributes"))
 
     def requires(self):
-        return TextShard(**self.dataset(), split=self.split, shard_index=self.shard_index)
+        return {"text": TextShard(**self.dataset(), split=self.split, shard_index=self.shard_index),
+                "split": SplitPosts(**self.dataset())}
 
     def output(self):
-        return luigi.LocalTarget(str(self.path("work", self.group, self.split, shard_name(self.shard_index))))
+        return self.target("work", self.group, self.split, shard_name(self.shard_index))
 
     def run(self):
         import numpy as np
 
         from pipeline.sources.cmkp import RELEASE_FEATURES
 
-        records = self.records()
-        text_ids = shards.read_shard(self.input().path, ["post_id"])["post_id"].tolist()
+        records = self.shard_records(self.input()["split"].path)
+        text_path = self.input()["text"].path
+        text_ids = shards.read_shard(text_path, ["post_id"])["post_id"].tolist()
         if text_ids != [r["id"] for r in records]:
-            raise RuntimeError(f"{self.input().path} is not aligned with the split plan; rebuild it")
+            raise RuntimeError(f"{text_path} is not aligned with the split plan; rebuild it")
         columns = {name: [r.get(name, "") for r in records] for name in RELEASE_FEATURES[self.group]}
         if self.group == "attributes":
             # The release gives the attribute words only, never their scores.

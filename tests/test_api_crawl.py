@@ -16,7 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 import luigi
 import pytest
 
-from pipeline.fetch import FetchError, download, make_session
+from pipeline import fetch
+from pipeline.fetch import FetchError, make_session
 from pipeline.report import StageLog
 from pipeline.sources import api
 from pipeline.text_tasks import CrawlTweets, FetchImages, read_jsonl
@@ -207,20 +208,24 @@ def test_crawl_task_with_the_api_source(server, token, tmp_path):
 
 def test_download_checks_scheme_status_size_and_retries(server):
     session = make_session(retries=2, backoff=0.01)
-    assert download(session, server.url + "/media/m1.jpg") == colour_jpeg(1)
-    assert download(session, server.url + "/media/flaky.jpg") == colour_jpeg(1)  # a 503, retried
+
+    def download(url, max_bytes=1 << 20, timeout=20.0):
+        return fetch.download(session, url, max_bytes, timeout)
+
+    assert download(server.url + "/media/m1.jpg") == colour_jpeg(1)
+    assert download(server.url + "/media/flaky.jpg") == colour_jpeg(1)  # a 503, retried
     with pytest.raises(FetchError) as err:
-        download(session, server.url + "/media/none.jpg")
+        download(server.url + "/media/none.jpg")
     assert err.value.reason == "http_error" and "404" in err.value.detail and not err.value.retryable
     with pytest.raises(FetchError) as err:
-        download(session, server.url + "/media/big.jpg", max_bytes=1000)
+        download(server.url + "/media/big.jpg", max_bytes=1000)
     assert err.value.reason == "too_large"
     for url in ("file:///etc/passwd", "ftp://example.org/a.jpg", "/media/m1.jpg"):
         with pytest.raises(FetchError) as err:
-            download(session, url)
+            download(url)
         assert err.value.reason == "bad_url"
     with pytest.raises(FetchError) as err:
-        download(session, "http://127.0.0.1:9/closed.jpg", timeout=2)
+        download("http://127.0.0.1:9/closed.jpg", timeout=2)
     assert err.value.reason == "network_error" and err.value.retryable  # a rerun asks again
 
 

@@ -22,14 +22,22 @@ def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
     return buf.getvalue()
 
 
+# The checks' settings (the pipeline passes its task parameters).
+CHECKS = {"max_pixels": 89_478_485, "require_jpeg": True}
+
+
+def validate(data: bytes, **kwargs):
+    return validate_image(data, **{**CHECKS, **kwargs})
+
+
 def reason(data: bytes, **kwargs) -> str:
     with pytest.raises(ImageRejected) as err:
-        validate_image(data, **kwargs)
+        validate(data, **kwargs)
     return err.value.reason
 
 
 def test_colour_jpeg_is_kept_with_its_size():
-    valid = validate_image(colour_jpeg(1, size=(40, 30)))
+    valid = validate(colour_jpeg(1, size=(40, 30)))
     assert (valid.width, valid.height, valid.format, valid.image.mode) == (40, 30, "JPEG", "RGB")
 
 
@@ -62,16 +70,16 @@ def test_colour_modes_are_converted_without_require_jpeg():
     palette = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).convert("P")
     cmyk = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).convert("CMYK")
     for data in (encode(rgba, "PNG"), encode(palette, "PNG"), encode(cmyk, "JPEG")):
-        valid = validate_image(data, require_jpeg=False)
+        valid = validate(data, require_jpeg=False)
         assert valid.image.mode == "RGB" and (valid.width, valid.height) == (16, 16)
     gray_palette = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).convert("P")
     assert reason(encode(gray_palette, "PNG"), require_jpeg=False) == "grayscale"
 
 
 def test_dhash_is_stable_under_reencoding_and_separates_different_images():
-    a = validate_image(colour_jpeg(5, size=(120, 90))).image
-    a_again = validate_image(colour_jpeg(5, size=(120, 90), quality=50)).image
-    b = validate_image(colour_jpeg(6, size=(120, 90))).image
+    a = validate(colour_jpeg(5, size=(120, 90))).image
+    a_again = validate(colour_jpeg(5, size=(120, 90), quality=50)).image
+    b = validate(colour_jpeg(6, size=(120, 90))).image
     assert 0 <= dhash(a) < 1 << 64
     assert hamming(dhash(a), dhash(a_again)) <= 4
     assert hamming(dhash(a), dhash(b)) > 4
@@ -112,19 +120,19 @@ def test_journal_resumes_final_outcomes_and_redoes_the_rest(tmp_path):
     store = ImageStore(tmp_path)
     params = {"max_bytes": 1000, "require_jpeg": True}
     journal = ImageJournal(tmp_path / "j.jsonl", store, params, batch=2)
-    stored = check_image("u1", lambda: colour_jpeg(1), store)
+    stored = check_image("u1", lambda: colour_jpeg(1), store, **CHECKS)
     assert stored["size"] == [64, 48] and (tmp_path / stored["path"]).read_bytes() == colour_jpeg(1)
-    assert stored["dhash"] == f"{dhash(validate_image(colour_jpeg(1)).image):016x}"
+    assert stored["dhash"] == f"{dhash(validate(colour_jpeg(1)).image):016x}"
     journal.add(stored)
-    journal.add(check_image("u2", lambda: png_bytes(2), store))
+    journal.add(check_image("u2", lambda: png_bytes(2), store, **CHECKS))
     assert len((tmp_path / "j.jsonl").read_text().splitlines()) == 3  # header + one batch of two, appended
 
     def unreachable():
         raise FetchError("network_error", "timed out", retryable=True)
 
-    journal.add(check_image("u3", unreachable, store))
-    journal.add(check_image("u4", lambda: colour_jpeg(4), store))
-    journal.add(check_image("u5", lambda: colour_jpeg(5), store))  # still buffered: lost in a kill
+    journal.add(check_image("u3", unreachable, store, **CHECKS))
+    journal.add(check_image("u4", lambda: colour_jpeg(4), store, **CHECKS))
+    journal.add(check_image("u5", lambda: colour_jpeg(5), store, **CHECKS))  # still buffered: lost in a kill
     del journal
     with open(tmp_path / "j.jsonl", "a") as f:
         f.write('{"key": "u6", "sha2')  # a line torn by a kill mid-write

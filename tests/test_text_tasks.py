@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline import shards
+from pipeline.atomic import TMP_MARK
 from pipeline.tasks import BuildDataset
 from pipeline.text_tasks import text_shard_paths
 from text_archive_fixture import colour_jpeg
@@ -205,7 +206,7 @@ def test_rerun_after_a_lost_shard_redoes_only_that_shard(tmp_path, shard_size):
     assert all(p.exists() for p in lost)
     assert {p: p.stat().st_mtime_ns for p in kept} == before
     assert shards.read_shard(lost[0], ["post_id"])["post_id"].tolist() == ["cmkp-train-3", "cmkp-train-5"]
-    assert not list(out.rglob("*luigi-tmp*"))
+    assert not list(out.rglob(f"*{TMP_MARK}*"))
 
 
 def test_benchmark_protocol_on_the_real_release(tmp_path, real_release):

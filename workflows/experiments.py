@@ -15,7 +15,7 @@ Task graph (one output per task, every output written to a temporary path and re
 The CMKP protocol (the shared data's README): TRAIN = lines i with i % 10 != 0 of the release's
 `valid_*.txt`, DEV = i % 10 == 0; DEV is the `valid` split of the built dataset. Suites:
 `CmkpBenchmark` (the issue's three models x three seeds), `AblationSuite` (a list of configs) and
-`SeedSuite` (one config over seeds); their defaults live in luigi.cfg.
+`SeedSuite` (one config over seeds); their defaults are the protocol's.
 """
 from __future__ import annotations
 
@@ -131,21 +131,11 @@ class ProtocolFolds(luigi.Task):
             Path(tmp, "folds.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
-class _YieldedTask(luigi.task.DynamicRequirements):
-    """A dynamic requirement whose output luigi must not collect: BuildDataset's `--output`
-    parameter shadows Task.output(), so luigi's usual `yield task` (which sends task.output()
-    back into run()) would call a string. Completeness still comes from BuildDataset.complete()."""
-
-    @property
-    def paths(self):
-        return None
-
-
 class ProtocolShards(luigi.Task):
     """The protocol's dataset: pipeline.tasks.BuildDataset --source cmkp on the folds (WORK/shards/).
 
-    BuildDataset is a dynamic dependency: its graph reads the folds directory, which exists only
-    after ProtocolFolds has run. The output is the dataset manifest, which BuildDataset writes last.
+    BuildDataset is a dynamic dependency: it reads the folds directory, which exists only after
+    ProtocolFolds has run. The output is the dataset manifest, which BuildDataset writes last.
     """
 
     data_dir = luigi.Parameter()
@@ -162,9 +152,8 @@ class ProtocolShards(luigi.Task):
     def run(self):
         from pipeline.tasks import BuildDataset
         self.set_status_message("building the dataset with pipeline.tasks.BuildDataset")
-        yield _YieldedTask(BuildDataset(source="cmkp", input=self.input().path,
-                                        output=str(Path(self.work_dir, "shards")),
-                                        features=list(self.features)))
+        yield BuildDataset(source="cmkp", input=self.input().path, output=str(Path(self.work_dir, "shards")),
+                           features=list(self.features))
 
 
 class ExistingShards(luigi.ExternalTask):
@@ -441,9 +430,10 @@ class CmkpBenchmark(SuiteTable):
 
 
 class AblationSuite(SuiteTable):
-    """A list of configurations (e.g. the paper's Table 2 rows) over seeds."""
+    """A list of configurations over seeds; by default the paper's Table 2 rows that need no image features."""
 
-    configs = CommaListParameter()
+    configs = CommaListParameter(default=("cls-avg", "cls-max", "gen-att", "gen-copy", "cls-m3h-att", "gen-m3h-att",
+                                          "gen-cls-m3h-att"))
 
     def suite_configs(self):
         return self.configs

@@ -22,6 +22,11 @@ from pipeline.sources.archive import media_files
 from pipeline.sources.cmkp import release_image_files
 from text_archive_fixture import colour_jpeg
 
+
+def validate(data: bytes):
+    """The checks with the pipeline's default settings (the tasks pass their parameters)."""
+    return validate_image(data, max_pixels=89_478_485, require_jpeg=True)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,7 +49,7 @@ def post(tid: int, file: Path) -> dict:
 def fetch(tmp_path, files: list[Path]) -> tuple[dict, StageLog]:
     log = StageLog("images")
     journal = ImageJournal(tmp_path / "journal.jsonl", ImageStore(tmp_path / "out"), {}, batch=1)
-    kept = list(fetch_images([post(i, f) for i, f in enumerate(files)], log, journal, lambda url: b"", 1 << 20))
+    kept = list(fetch_images([post(i, f) for i, f in enumerate(files)], log, journal, lambda url: b"", 1 << 20, 89_478_485, True))
     log.counts()  # read == kept + rejected
     return {**{r["id"]: "stored" for r in kept}, **{r["id"]: r["reason"] for r in log.rejects}}, log
 
@@ -91,7 +96,7 @@ def test_a_release_image_linking_out_of_the_release_is_refused_and_its_post_kept
     log = StageLog("release_images", unit="images")
     journal = ImageJournal(tmp_path / "journal.jsonl", ImageStore(tmp_path / "out"), {}, batch=1)
     records = [{"id": "cmkp-test-0", "image_url": "https://pbs.twimg.com/media/a.jpg"}]
-    (kept,) = release_images(records, log, journal, release_image_files(release), 1 << 20)
+    (kept,) = release_images(records, log, journal, release_image_files(release), 1 << 20, 89_478_485, True)
     assert kept["image_present"] is False
     assert [(r["reason"], r["detail"].endswith("(post kept)")) for r in log.rejects] == [("outside_archive", True)]
 
@@ -99,15 +104,15 @@ def test_a_release_image_linking_out_of_the_release_is_refused_and_its_post_kept
 def test_a_multi_picture_jpeg_is_a_jpeg():
     buf = io.BytesIO()
     blocks(1).save(buf, "MPO", save_all=True, append_images=[blocks(2)])
-    valid = validate_image(buf.getvalue(), require_jpeg=True)
+    valid = validate(buf.getvalue())
     assert (valid.format, valid.width, valid.height) == ("MPO", 64, 48)
-    assert dhash(valid.image) == dhash(validate_image(jpeg(blocks(1))).image)  # its first picture
+    assert dhash(valid.image) == dhash(validate(jpeg(blocks(1))).image)  # its first picture
 
 
 def test_exif_orientation_is_ignored():
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees to display"
-    tagged, plain = validate_image(jpeg(blocks(3), exif=exif)), validate_image(jpeg(blocks(3)))
+    tagged, plain = validate(jpeg(blocks(3), exif=exif)), validate(jpeg(blocks(3)))
     assert (tagged.width, tagged.height) == (64, 48)  # as stored, not as a viewer would turn it
     assert dhash(tagged.image) == dhash(plain.image)
 
@@ -115,7 +120,7 @@ def test_exif_orientation_is_ignored():
 def test_a_1x1_image_is_too_small_and_8x8_is_kept():
     for size, reason in (((1, 1), "too_small"), ((64, 7), "too_small"), ((8, 8), None)):
         try:
-            validate_image(jpeg(blocks(4, size)))
+            validate(jpeg(blocks(4, size)))
             outcome = None
         except Exception as err:  # ImageRejected
             outcome = err.reason
@@ -128,7 +133,7 @@ from pipeline.images import validate_image
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
-    valid = validate_image(data)
+    valid = validate_image(data, 89_478_485, True)
     outcome = [valid.width, valid.height, list(valid.image.size)]
 except Exception as err:
     outcome = err.reason

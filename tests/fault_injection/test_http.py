@@ -73,7 +73,7 @@ def outcome(url, **kwargs) -> tuple[str, float]:
     session = make_session(retries=2, backoff=0.01)
     start = time.monotonic()
     try:
-        assert download(session, url, **kwargs) == JPEG
+        assert download(session, url, **{"max_bytes": 1 << 20, "timeout": 20.0, **kwargs}) == JPEG
         return "stored", time.monotonic() - start
     except FetchError as err:
         return err.reason, time.monotonic() - start
@@ -119,7 +119,7 @@ def test_retry_after_of_a_day_defers_at_once_and_a_short_one_is_waited_for(serve
 def test_404_is_final_and_503_then_200_is_stored(server):
     url, _ = server
     with pytest.raises(FetchError) as err:
-        download(make_session(retries=2, backoff=0.01), url + "/missing")
+        download(make_session(retries=2, backoff=0.01), url + "/missing", 1 << 20, 20.0)
     assert err.value.reason == "http_error" and not err.value.retryable
     assert outcome(url + "/503-then-200")[0] == "stored"
 
@@ -137,7 +137,7 @@ def test_a_rerun_asks_again_only_what_may_pass(server, tmp_path):
         log = StageLog("images")
         journal = ImageJournal(tmp_path / "journal.jsonl", ImageStore(tmp_path), {"max_bytes": 1 << 20}, batch=1)
         kept = list(fetch_images([post(i, url + p) for i, p in enumerate(paths)], log, journal,
-                                 lambda u: download(session, u, 1 << 20), 1 << 20))
+                                 lambda u: download(session, u, 1 << 20, 20.0), 1 << 20, 89_478_485, True))
         assert log.counts()["read"] == len(paths)
         return {**{r["id"]: "stored" for r in kept}, **{r["id"]: r["reason"] for r in log.rejects}}
 
