@@ -174,6 +174,9 @@ class CrawlTweets(StageTask):
                                          description="search/recent or search/all (full archive)")
     max_pages = luigi.IntParameter(default=0, description="stop the search after this many pages (0: no limit)")
     token_env = luigi.Parameter(default="TWITTER_BEARER_TOKEN", description="environment variable of the token")
+    start_time = luigi.Parameter(default="", description="api source: the search's start_time (inclusive), "
+                                 "a date or an ISO 8601 time with its zone; empty: the endpoint's earliest")
+    end_time = luigi.Parameter(default="", description="api source: the search's end_time (exclusive); empty: now")
 
     def counted(self, records: Iterator[dict], log: StageLog) -> Iterator[dict]:
         """`records`, reporting the counts so far as status message (how many posts a source holds is not
@@ -208,13 +211,16 @@ def crawl_api(task: CrawlTweets, log: StageLog) -> Iterator[dict]:
     # what was asked (a rerun with another query or id file never resumes from this one's pages).
     return crawl_records(task.source, task.input_path, task.path("work", "crawl-pages", crawl_key(task)), log,
                          base_url=task.api_base_url, endpoint=task.api_endpoint, max_pages=task.max_pages,
-                         token_env=task.token_env, progress=task.set_status_message)
+                         token_env=task.token_env, progress=task.set_status_message,
+                         start_time=task.start_time, end_time=task.end_time)
 
 
 def crawl_key(task: CrawlTweets) -> str:
-    """What an API crawl asks for, as a short digest: the query and endpoint, or the id file's bytes."""
+    """What an API crawl asks for, as a short digest: the query, endpoint and time window, or the id file's
+    bytes."""
     asked = task.input_path.encode("utf-8") if task.source == "api" else Path(task.input_path).read_bytes()
-    digest = hashlib.sha256(task.source.encode() + b"\0" + task.api_endpoint.encode() + b"\0" + asked)
+    window = f"\0{task.start_time}\0{task.end_time}".encode() if task.start_time or task.end_time else b""
+    digest = hashlib.sha256(task.source.encode() + b"\0" + task.api_endpoint.encode() + b"\0" + asked + window)
     return f"{task.source}-{digest.hexdigest()[:16]}"
 
 

@@ -276,3 +276,46 @@ def test_a_killed_image_fetch_resumes_without_fetching_anything_twice(server, to
     rejects = [json.loads(line) for line in (out / "work" / "images" / "rejects.jsonl").read_text().splitlines()]
     assert [(r["id"], r["reason"]) for r in rejects] == [("3", "not_jpeg"), ("4", "http_error")]
     assert len(list((out / "images").rglob("*.jpg"))) == 5
+
+
+def test_api_times_are_utc_instants():
+    assert api.api_time("2019-01-01") == "2019-01-01T00:00:00Z"
+    assert api.api_time("2019-06-30T23:59:59Z") == "2019-06-30T23:59:59Z"
+    assert api.api_time("2019-01-01T08:00:00+08:00") == "2019-01-01T00:00:00Z"
+    with pytest.raises(ValueError, match="no time zone"):
+        api.api_time("2019-01-01T00:00:00")
+    with pytest.raises(ValueError, match="not an ISO 8601"):
+        api.api_time("January 2019")
+    assert api.search_window() == {} and api.search_window(end_time="2019-07-01") == {"end_time": "2019-07-01T00:00:00Z"}
+    with pytest.raises(ValueError, match="not before"):
+        api.search_window("2019-07-01", "2019-01-01")
+
+
+def test_full_archive_search_in_a_time_window_and_resume_of_another_window(server, token, tmp_path):
+    client = api.ApiClient(server.url, token, sleep=lambda s: None)
+    paths = api.crawl_search(client, "q", tmp_path / "pages", endpoint="all",
+                             start_time="2019-01-01", end_time="2019-07-01T08:00:00+08:00")
+    assert len(paths) == 3
+    searches = [q for path, q in server.requests if path == api.ENDPOINTS["all"]]
+    # every page of the search carries the window, the continuation pages included
+    assert [(q["start_time"], q["end_time"], q.get("next_token")) for q in searches] == [
+        ("2019-01-01T00:00:00Z", "2019-07-01T00:00:00Z", t) for t in (None, "t1", "t2")]
+    assert json.loads((tmp_path / "pages" / "search.json").read_text()) == {
+        "query": "q", "endpoint": "all", "start_time": "2019-01-01T00:00:00Z", "end_time": "2019-07-01T00:00:00Z"}
+    before = len(server.requests)
+    with pytest.raises(api.ApiError, match="another search"):
+        api.crawl_search(client, "q", tmp_path / "pages", endpoint="all", start_time="2019-02-01")
+    assert len(server.requests) == before  # nothing asked, nothing mixed
+    assert len(api.crawl_search(client, "q", tmp_path / "pages", endpoint="all", start_time="2019-01-01",
+                                end_time="2019-07-01T00:00:00Z")) == 3   # the same window, spelled otherwise
+
+
+def test_crawl_task_passes_its_time_window(server, token, tmp_path):
+    task = CrawlTweets(source="api", input_path="has:images", dataset_dir=str(tmp_path / "out"),
+                       api_base_url=server.url, token_env=token, api_endpoint="all",
+                       start_time="2019-01-01", end_time="2019-07-01")
+    assert luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
+    searches = [q for path, q in server.requests if path == api.ENDPOINTS["all"]]
+    assert len(searches) == 3 and {q["start_time"] for q in searches} == {"2019-01-01T00:00:00Z"}
+    assert {q["end_time"] for q in searches} == {"2019-07-01T00:00:00Z"}
+    assert len(list(read_jsonl(tmp_path / "out" / "work" / "crawl" / "posts.jsonl"))) == 7

@@ -6,6 +6,8 @@
 - Rate limits: on HTTP 429 the client sleeps until `x-rate-limit-reset` (epoch seconds, at most
   `MAX_RATE_LIMIT_WAIT`; a later reset fails the crawl, which a rerun resumes) and retries; network errors and
   5xx are retried with exponential backoff by urllib3's Retry.
+- A time window: `start_time` (inclusive) and `end_time` (exclusive), the search's own parameters, sent with every
+  page of the search; the full-archive endpoint (`all`) reaches back to 2006, `recent` only 7 days.
 - Pagination by `meta.next_token`. Every page is written as `page-NNNNN.jsonl` (one twarc2 page per file,
   write-then-rename) before the next is asked for, so a crawl that dies resumes from the last page written.
 - `ids`: a file of tweet ids (one per line, `#` comments allowed) hydrated in batches of 100 through
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from datetime import datetime, timezone
 import os
 import re
 import tempfile
@@ -44,6 +47,7 @@ FIELDS = {
 }
 PAGE_RE = re.compile(r"^page-(\d{5})\.jsonl$")
 MAX_RATE_LIMIT_WAIT = 16 * 60  # seconds; the API's rate-limit windows are 15 minutes
+SEARCH_RECORD = "search.json"  # in a pages directory: the search its pages answer (a resume must ask the same)
 
 
 class ApiError(RuntimeError):
@@ -111,8 +115,8 @@ class ApiClient:
         raise self.error(f"GET {path}: still rate limited after {self.max_rate_limit_waits} waits")
 
     def search(self, query: str, endpoint: str = "recent", next_token: str | None = None,
-               max_results: int = 100) -> dict:
-        params = {"query": query, "max_results": max_results, **FIELDS}
+               max_results: int = 100, start_time: str = "", end_time: str = "") -> dict:
+        params = {"query": query, "max_results": max_results, **search_window(start_time, end_time), **FIELDS}
         if next_token:
             params["next_token"] = next_token
         return self.get(ENDPOINTS[endpoint], params)
@@ -121,6 +125,29 @@ class ApiClient:
         if not 0 < len(ids) <= BATCH:
             raise ValueError(f"lookup takes 1 to {BATCH} ids, got {len(ids)}")
         return self.get(LOOKUP, {"ids": ",".join(ids), **FIELDS})
+
+
+def api_time(value: str) -> str:
+    """An instant as the API v2 takes it, `YYYY-MM-DDTHH:MM:SSZ` in UTC: from a date (`2019-01-01`, its midnight
+    UTC) or an ISO 8601 time with its zone (`2019-01-01T08:00:00+08:00`, `...Z`). A time without a zone is
+    refused: which instant it means would depend on the machine."""
+    try:
+        instant = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 date or time (e.g. 2019-01-01 or 2019-01-01T00:00:00Z)") from None
+    if instant.tzinfo is None:
+        if "T" in value or " " in value:
+            raise ValueError(f"{value!r} has no time zone: add Z (UTC) or an offset such as +08:00")
+        instant = instant.replace(tzinfo=timezone.utc)
+    return instant.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def search_window(start_time: str = "", end_time: str = "") -> dict:
+    """The search's `start_time` / `end_time` parameters ('' leaves an end open); the start must come first."""
+    window = {k: api_time(v) for k, v in (("start_time", start_time), ("end_time", end_time)) if v}
+    if len(window) == 2 and window["start_time"] >= window["end_time"]:
+        raise ValueError(f"start_time {window['start_time']} is not before end_time {window['end_time']}")
+    return window
 
 
 def _write_page(path: Path, page: dict) -> None:
@@ -145,10 +172,20 @@ def page_files(pages_dir: Path) -> list[Path]:
 
 
 def crawl_search(client: ApiClient, query: str, pages_dir: Path, endpoint: str = "recent", max_pages: int = 0,
-                 max_results: int = 100, progress: Callable[[str], None] = lambda message: None) -> list[Path]:
-    """Search pages into `pages_dir`, resuming after the last page already there. `max_pages` 0: no limit."""
+                 max_results: int = 100, progress: Callable[[str], None] = lambda message: None,
+                 start_time: str = "", end_time: str = "") -> list[Path]:
+    """Search pages into `pages_dir`, resuming after the last page already there. `max_pages` 0: no limit.
+    The search (query, endpoint, window) is recorded beside the pages; resuming a different one is an error,
+    since its pages would be mixed with the other search's."""
+    search = {"query": query, "endpoint": endpoint, **search_window(start_time, end_time)}
     pages_dir.mkdir(parents=True, exist_ok=True)
     written = page_files(pages_dir)
+    record = pages_dir / SEARCH_RECORD
+    if written and record.exists() and json.loads(record.read_text()) != search:
+        raise ApiError(f"{pages_dir} holds the pages of another search ({record.read_text().strip()}), not "
+                       f"{json.dumps(search)}: remove the directory to crawl anew, or ask the same search")
+    if not record.exists():
+        _write_page(record, search)
     next_token = None
     if written:
         last = json.loads(written[-1].read_text())
@@ -156,7 +193,7 @@ def crawl_search(client: ApiClient, query: str, pages_dir: Path, endpoint: str =
         if not next_token:
             return written  # the crawl had reached its end
     while not max_pages or len(written) < max_pages:
-        page = client.search(query, endpoint, next_token, max_results)
+        page = client.search(query, endpoint, next_token, max_results, start_time, end_time)
         path = pages_dir / f"page-{len(written):05d}.jsonl"
         _write_page(path, page)
         written.append(path)
@@ -214,12 +251,13 @@ def unavailable_ids(paths: list[Path], log: StageLog) -> None:
 
 def crawl_records(source: str, input_path: str, pages_dir: Path, log: StageLog, base_url: str = DEFAULT_BASE_URL,
                   endpoint: str = "recent", max_pages: int = 0, token_env: str = TOKEN_ENV,
-                  progress: Callable[[str], None] = lambda message: None) -> Iterator[dict]:
+                  progress: Callable[[str], None] = lambda message: None, start_time: str = "",
+                  end_time: str = "") -> Iterator[dict]:
     """Crawl (`api`: input is the query) or hydrate (`ids`: input is the id file), then read the pages."""
     client = ApiClient(base_url, token_env)
     if source == "api":
         paths = crawl_search(client, input_path or DEFAULT_QUERY, Path(pages_dir), endpoint, max_pages,
-                             progress=progress)
+                             progress=progress, start_time=start_time, end_time=end_time)
     elif source == "ids":
         paths = hydrate(client, read_ids(input_path), Path(pages_dir), progress=progress)
         unavailable_ids(paths, log)
