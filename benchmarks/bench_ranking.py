@@ -1,54 +1,96 @@
 """What each side of the unified ranking adds, on trained checkpoints: the beam alone, the beam with the
-classifier (the paper's model), the keyphrase memory alone, and all three (the default model), side by side.
+classifier (the paper's model), the keyphrase memory alone (TF-IDF, and hybrid with the posts' sentence
+embeddings), the default model, the default model with the hybrid memory, and the ensemble of the runs.
 
-    .venv/bin/python benchmarks/bench_ranking.py --data build/cmkp-bench RUN_DIR [RUN_DIR ...]
+    .venv/bin/python benchmarks/bench_ranking.py --data DATASET RUN_DIR [RUN_DIR ...]
 
-Each run's checkpoint decodes the `valid` split once; the rankings re-rank the same candidates. Weights are
-chosen on the split itself (as `cmkp-train` does) and, to show how optimistic that is, cross-fitted: chosen on
-the even-numbered posts and scored on the odd ones, and the other way round (the column "cross-fit", the mean
-of the two halves' scores, post-weighted). Prints per run and the mean over runs (F1@1 / F1@3 / MAP@5).
+Each run's checkpoint decodes the `valid` split once; the rankings re-rank the same candidates (the memory's
+side is recomputed from the training split for each hybrid weight, which costs no training). The dataset
+needs the `text_embedding` group for the hybrid rows. Weights are chosen as `cmkp-train` does (the hybrid
+weight by the memory's own F1@1, then the ranking's two weights) on the split itself and, to show how optimistic
+that is, cross-fitted: chosen on the even-numbered posts and scored on the odd ones, and the other way round.
+The ensemble averages the runs' ranking scores (beam.ensemble_rank), each run with the weights it was given.
+Prints per run and mean ± sd over runs (F1@1 / F1@3 / MAP@5).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 
 import torch
 
-from model.beam import rank
+from model.beam import ensemble_rank, rank_scores
 from model.data import PostDataset, read_split
 from model.metrics import compute_metrics
-from model.train import RANK_WEIGHT_GRID, build_memory, load_checkpoint, split_candidates
+from model.train import (MEMORY_EMBEDDING_GRID, RANK_WEIGHT_GRID, build_memory, load_checkpoint,
+                         memory_candidates, split_candidates)
 
 KEYS = ("f1@1", "f1@3", "map@5")
+PAPER_GRID = tuple(dict.fromkeys((c, 0.0) for c, _ in RANK_WEIGHT_GRID))
+# name -> (ranking, which sides: "all" or "memory", the (classifier, memory) weight grid, hybrid memory)
+VARIANTS = {
+    "beam only": ("generator", "all", ((0.0, 0.0),), False),
+    "memory only (TF-IDF)": ("unified", "memory", ((0.0, 1.0),), False),
+    "memory only (hybrid)": ("unified", "memory", ((0.0, 1.0),), True),
+    "beam + classifier (paper)": ("unified", "all", PAPER_GRID, False),
+    "beam + classifier + memory (default)": ("unified", "all", RANK_WEIGHT_GRID, False),
+    "beam + classifier + hybrid memory": ("unified", "all", RANK_WEIGHT_GRID, True),
+}
+ENSEMBLED = ("beam + classifier + memory (default)", "beam + classifier + hybrid memory")
 
 
-def scores(candidates, gold, cls_weight, mem_weight, ranking="unified", posts=None) -> dict:
-    posts = range(len(gold)) if posts is None else posts
-    predictions = [rank(candidates[i], ranking, cls_weight, mem_weight, 10) or [""] for i in posts]
-    return compute_metrics(predictions, [gold[i] for i in posts])
+def metrics(rankings: dict[int, dict], gold) -> dict:
+    """Scores of per-post ranking scores {post: {keyphrase: score}} (posts in any order)."""
+    posts = sorted(rankings)
+    return compute_metrics([ensemble_rank([rankings[i]], 10) or [""] for i in posts], [gold[i] for i in posts])
 
 
-def best_weights(candidates, gold, grid, posts) -> tuple[float, float]:
-    return max(grid, key=lambda w: scores(candidates, gold, *w, posts=posts)["f1@1"])
+def post_scores(candidates, ranking, weights, posts) -> dict[int, dict]:
+    return {i: rank_scores(candidates[i], ranking, *weights) for i in posts}
 
 
-def rankings(candidates, gold) -> dict[str, tuple[dict, dict]]:
-    """name -> (scores with weights chosen on all posts, cross-fitted scores)."""
-    even, odd = range(0, len(gold), 2), range(1, len(gold), 2)
-    grids = {"beam + classifier (paper)": tuple(dict.fromkeys((c, 0.0) for c, _ in RANK_WEIGHT_GRID)),
-             "beam + classifier + memory (default)": RANK_WEIGHT_GRID}
-    out = {"beam only": (scores(candidates, gold, 0.0, 0.0, "generator"),) * 2}
-    memory_only = [(None, None, mem) for _, _, mem in candidates]
-    out["memory only"] = (scores(memory_only, gold, 0.0, 1.0),) * 2
-    for name, grid in grids.items():
-        chosen = scores(candidates, gold, *best_weights(candidates, gold, grid, range(len(gold))))
-        halves = [(scores(candidates, gold, *best_weights(candidates, gold, grid, fit), posts=held), len(held))
-                  for fit, held in ((even, odd), (odd, even))]
-        cross = {k: sum(s[k] * n for s, n in halves) / len(gold) for k in KEYS}
-        out[name] = (chosen, cross)
+def fit(variant, candidates, memory_by_weight, gold, posts):
+    """The variant's candidates and its (classifier, memory) weights chosen on `posts`, as cmkp-train does."""
+    ranking, sides, grid, hybrid = VARIANTS[variant]
+
+    def with_memory(memory):
+        if sides == "memory":
+            return [(None, None, m) for m in memory]
+        return [(g, c, m) for (g, c, _), m in zip(candidates, memory)]
+
+    memory = memory_by_weight[0.0]
+    if hybrid:      # the hybrid weight by the memory's own F1@1 (ties: the smaller weight), as cmkp-train does
+        def memory_alone(w):
+            alone = [(None, None, m) for m in memory_by_weight[w]]
+            return metrics(post_scores(alone, "unified", (0.0, 1.0), posts), gold)["f1@1"]
+        memory = memory_by_weight[max(MEMORY_EMBEDDING_GRID, key=memory_alone)]
+    chosen = with_memory(memory)
+    weights = max(grid, key=lambda w: metrics(post_scores(chosen, ranking, w, posts), gold)["f1@1"])
+    return chosen, weights
+
+
+def run_rankings(candidates, memory_by_weight, gold) -> dict[str, dict[str, dict[int, dict]]]:
+    """variant -> {"DEV": per-post scores with weights chosen on all posts, "cross-fit": on the other half}."""
+    every, even, odd = range(len(gold)), range(0, len(gold), 2), range(1, len(gold), 2)
+    out = {}
+    for variant in VARIANTS:
+        ranking = VARIANTS[variant][0]
+        chosen, weights = fit(variant, candidates, memory_by_weight, gold, every)
+        cross = {}
+        for fit_posts, held in ((even, odd), (odd, even)):
+            half, half_weights = fit(variant, candidates, memory_by_weight, gold, fit_posts)
+            cross.update(post_scores(half, ranking, half_weights, held))
+        out[variant] = {"DEV": post_scores(chosen, ranking, weights, every), "cross-fit": cross}
     return out
+
+
+def cell(results: list[dict]) -> str:
+    if len(results) == 1:
+        return " / ".join(f"{results[0][k]:.2f}" for k in KEYS)
+    return " / ".join(f"{statistics.mean(r[k] for r in results):.2f} ± {statistics.stdev(r[k] for r in results):.2f}"
+                      for k in KEYS)
 
 
 def main() -> None:
@@ -59,22 +101,36 @@ def main() -> None:
     torch.set_num_threads(1)
     train, valid = read_split(args.data, "train"), read_split(args.data, "valid")
     gold = [p.keyphrases for p in valid.posts]
-    table: dict[str, list] = {}
+    per_run = []
     for run in args.runs:
         model = load_checkpoint(f"{run}/model.pt")
-        if model.memory is None:     # a checkpoint trained without the memory: build it from the same split
-            model.memory = build_memory(PostDataset(train, model.vocabs, model.config), model.vocabs)
         candidates = split_candidates(model, PostDataset(valid, model.vocabs, model.config), "cpu")
-        for name, result in rankings(candidates, gold).items():
-            table.setdefault(name, []).append(result)
-            print(f"{run}  {name:38s} " + "  ".join(
-                f"{label} " + " / ".join(f"{s[k]:.2f}" for k in KEYS) for label, s in zip(("DEV", "cross-fit"), result)),
-                file=sys.stderr)
-    print(f"\nmean over {len(args.runs)} run(s), F1@1 / F1@3 / MAP@5 on {len(gold)} posts")
+        hybrid = dataclasses.replace(model.config, memory=True, memory_embedding=True)
+        memory = build_memory(PostDataset(train, model.vocabs, hybrid), model.vocabs)
+        hybrid_valid = PostDataset(valid, model.vocabs, hybrid)
+        gen = [g for g, _, _ in candidates]
+        memory_by_weight = {w: memory_candidates(memory, hybrid_valid, model.vocabs.labels, model.config.n_best,
+                                                 "cpu", w, gen) for w in MEMORY_EMBEDDING_GRID}
+        per_run.append(run_rankings(candidates, memory_by_weight, gold))
+        for variant, schemes in per_run[-1].items():
+            print(f"{run}  {variant:38s} " + "  ".join(f"{scheme} " + cell([metrics(s, gold)])
+                                                       for scheme, s in schemes.items()), file=sys.stderr)
+    print(f"\n{len(args.runs)} run(s), F1@1 / F1@3 / MAP@5 on {len(gold)} DEV posts, mean ± sd over runs")
     print("| ranking | weights chosen on DEV | cross-fitted on DEV halves |\n| --- | --- | --- |")
-    for name, results in table.items():
-        cells = [" / ".join(f"{statistics.mean(r[j][k] for r in results):.2f}" for k in KEYS) for j in (0, 1)]
-        print(f"| {name} | {cells[0]} | {cells[1]} |")
+    for variant in VARIANTS:
+        print(f"| {variant} | " + " | ".join(cell([metrics(r[variant][scheme], gold) for r in per_run])
+                                          for scheme in ("DEV", "cross-fit")) + " |")
+    if len(per_run) > 1:
+        for variant in ENSEMBLED:
+            cells = []
+            for scheme in ("DEV", "cross-fit"):
+                posts = per_run[0][variant][scheme]
+                mean = {i: {} for i in posts}
+                for i in posts:
+                    ranked = ensemble_rank([r[variant][scheme][i] for r in per_run], 10)
+                    mean[i] = {kp: -j for j, kp in enumerate(ranked)}      # the ensemble's order as scores
+                cells.append(cell([metrics(mean, gold)]))
+            print(f"| ensemble of the {len(per_run)} runs: {variant} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":

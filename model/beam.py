@@ -116,35 +116,50 @@ def candidates_batch(model: KeyphraseModel, batch: Batch) -> list[tuple[list | N
     if c.classifier:
         cls_ranked = label_candidates(enc.cls_logits.softmax(-1), model.vocabs.labels, c.n_best, gen_ranked)
     if model.memory is not None:
-        p_mem = model.memory.label_distribution(batch.src, batch.attrs, len(model.vocabs.labels))
+        p_mem = model.memory.label_distribution(batch.src, batch.attrs, len(model.vocabs.labels), batch.text_embedding)
         mem_ranked = label_candidates(p_mem, model.vocabs.labels, c.n_best, gen_ranked)
     return list(zip(gen_ranked, cls_ranked, mem_ranked))
 
 
-def rank(candidates: tuple[list | None, list | None, list | None], ranking: str, cls_weight: float,
-         mem_weight: float, n_best: int) -> list[str]:
-    """One post's ranked keyphrases:
-    generator: the beam's order (length-normalised log P);
-    classifier: the labels by probability;
-    unified: by q_gen + cls_weight x P_cls + mem_weight x P_mem over the union of the lists, where q_gen is the
-    softmax of the hypotheses' normalised log P over the post's hypotheses (a keyphrase a side did not list
-    gets 0 from it). Normalising the beam's scores over its own list puts the three sides on one scale: raw
-    sequence probabilities (~1e-3) next to label probabilities (~1e-1) would let the labels decide alone."""
+def rank_scores(candidates: tuple[list | None, list | None, list | None], ranking: str, cls_weight: float,
+                mem_weight: float) -> dict[str, float]:
+    """One post's keyphrases with the scores they are ranked by, best first:
+    generator: the softmax of the hypotheses' length-normalised log P over the post's hypotheses (q_gen);
+    classifier: the labels' probabilities;
+    unified: q_gen + cls_weight x P_cls + mem_weight x P_mem over the union of the lists (a keyphrase a side did
+    not list gets 0 from it). Normalising the beam's scores over its own list puts the three sides on one scale:
+    raw sequence probabilities (~1e-3) next to label probabilities (~1e-1) would let the labels decide alone."""
     gen_post, cls_post, mem_post = candidates
     if ranking == "classifier":
-        return [kp for kp, _ in cls_post[:n_best]]
-    if ranking == "generator" or not (cls_post or mem_post):
-        return [kp for kp, _, _ in gen_post[:n_best]]
+        return dict(cls_post)
     score: dict[str, float] = {}
     if gen_post:
         norm = torch.tensor([nm for _, _, nm in gen_post]).softmax(0).tolist()
         for (kp, _, _), q in zip(gen_post, norm):
             score[kp] = q
+    if ranking == "generator":
+        return score
     for side, weight in ((cls_post, cls_weight), (mem_post, mem_weight)):
         for kp, p in side or ():
             score[kp] = score.get(kp, 0.0) + weight * p
     # generator hypotheses first, so that ties (and weights 0) keep the beam's order (sorted() is stable)
-    return sorted(score, key=score.get, reverse=True)[:n_best]
+    return dict(sorted(score.items(), key=lambda item: item[1], reverse=True))
+
+
+def rank(candidates: tuple[list | None, list | None, list | None], ranking: str, cls_weight: float,
+         mem_weight: float, n_best: int) -> list[str]:
+    """One post's ranked keyphrases (`rank_scores`), at most n_best."""
+    return list(rank_scores(candidates, ranking, cls_weight, mem_weight))[:n_best]
+
+
+def ensemble_rank(scores: list[dict[str, float]], n_best: int) -> list[str]:
+    """One post's keyphrases ranked by the mean of several models' ranking scores (`rank_scores`; a keyphrase a
+    model did not list gets 0 from it); ties keep the first model's order."""
+    total: dict[str, float] = {}
+    for model_scores in scores:
+        for kp, value in model_scores.items():
+            total[kp] = total.get(kp, 0.0) + value / len(scores)
+    return sorted(total, key=total.get, reverse=True)[:n_best]
 
 
 def predict_batch(model: KeyphraseModel, batch: Batch) -> list[list[str]]:

@@ -54,8 +54,10 @@ def train(data_dir, config_name, out_dir, epochs, seed, device, glove, allow_ran
 
 
 @click.command(help="Write one line per post of a split: its ranked keyphrases joined by ';'.")
-@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="checkpoint (RUN_DIR/model.pt)")
+@click.option("--model", "model_paths", required=True, multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="checkpoint (RUN_DIR/model.pt); repeated: an ensemble of seeds of one configuration, ranked by "
+                   "the mean of their ranking scores")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--split", default="test", show_default=True)
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False))
@@ -64,17 +66,21 @@ def train(data_dir, config_name, out_dir, epochs, seed, device, glove, allow_ran
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--beam", type=int, default=None, help="beam size (default: the model's config, 10)")
 @click.option("--metrics", is_flag=True, help="also print F1@1, F1@3, MAP@5 against the split's keyphrases")
-def predict(model_path, data_dir, split, out_file, device, threads, batch_size, beam, metrics):
+def predict(model_paths, data_dir, split, out_file, device, threads, batch_size, beam, metrics):
     from model.data import PostDataset, read_split
-    from model.train import load_checkpoint, predict_split, resolve_device, score, write_predictions
+    from model.train import (check_one_configuration, load_checkpoint, predict_ensemble, resolve_device, score,
+                             write_predictions)
     _threads(threads)
     try:
         dev = resolve_device(device)
-        model = load_checkpoint(model_path, dev)
-        if beam:
-            model.config.beam = beam
+        models = [load_checkpoint(path, dev) for path in model_paths]
+        check_one_configuration(models, list(model_paths))
+        for model in models:
+            if beam:
+                model.config.beam = beam
         data = read_split(data_dir, split)
-        predictions = predict_split(model, PostDataset(data, model.vocabs, model.config), dev, batch_size)
+        dataset = PostDataset(data, models[0].vocabs, models[0].config)
+        predictions = predict_ensemble(models, dataset, dev, batch_size)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)

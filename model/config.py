@@ -89,6 +89,10 @@ class ModelConfig:
     memory: bool = True
     memory_k: int = 20               # nearest training posts that vote
     memory_power: float = 2.0        # a neighbour's vote is its similarity to this power
+    # Hybrid similarity: (1 - w) x TF-IDF cosine + w x cosine of the posts' sentence embeddings (the shards'
+    # `text_embedding` group, which every split then needs), finding neighbours on one topic in other words.
+    memory_embedding: bool = False
+    memory_embedding_weight: float = 0.3   # w; chosen on DEV (train.MEMORY_EMBEDDING_GRID) when tune_rank_weight
 
     def __post_init__(self):
         choices = {"vision": ("vgg", "butd", "none"), "fusion": ("pool", "text-query", "both", "ban"),
@@ -117,6 +121,8 @@ class ModelConfig:
             self.ranking = "generator"
         if not self.generator and self.ranking != "classifier":
             self.ranking = "classifier"
+        if self.memory_embedding and not self.memory:
+            raise ValueError("memory_embedding is the keyphrase memory's similarity: it needs memory true")
         if self.memory and self.ranking != "unified":
             raise ValueError(f"the keyphrase memory ranks with the unified ranking, which needs the classifier and "
                              f"the generator (ranking is {self.ranking!r}): set memory to false")

@@ -259,6 +259,13 @@ class PostDataset(torch.utils.data.Dataset):
         self.vision = None
         if config.vision != "none" and config.vision in split.features:
             self.vision = ImageFeatures(split.shard_paths, config.vision)
+        self.text_embedding = None                  # [N, D] the posts' sentence embeddings, where the config uses them
+        if config.memory_embedding:
+            if split.text_embedding is None:
+                raise ValueError(f"config {config.name} compares the posts' sentence embeddings (memory_embedding), "
+                                 f"but split {split.name!r} has no text_embedding group: rebuild the dataset with "
+                                 f"it (BuildDataset --features '[..., \"text_embedding\"]')")
+            self.text_embedding = torch.from_numpy(split.text_embedding)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -268,7 +275,8 @@ class PostDataset(torch.utils.data.Dataset):
         image = None
         if self.vision is not None and post.image_present:
             image = self.vision.read(post.shard, post.row)
-        return self.examples[i], image
+        embedding = self.text_embedding[i] if self.text_embedding is not None else None
+        return self.examples[i], image, embedding
 
 
 @dataclass
@@ -286,6 +294,7 @@ class Batch:
     kp_post: torch.Tensor       # [N] the row's post in the batch
     labels: torch.Tensor        # [N]
     oov: list[list[str]]
+    text_embedding: torch.Tensor | None = None  # [B, D] the posts' sentence embeddings, where the config uses them
 
     def to(self, device) -> "Batch":
         moved = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in vars(self).items()}
@@ -305,8 +314,9 @@ def pad_rows(rows: list[list[int]], value: int = PAD, min_len: int = 0) -> torch
 
 
 def collate(items) -> Batch:
-    examples = [e for e, _ in items]
-    images = [img for _, img in items]
+    examples = [e for e, _, _ in items]
+    images = [img for _, img, _ in items]
+    embeddings = [emb for _, _, emb in items]
     vision = vision_mask = None
     known = [img for img in images if img is not None]
     if known:
@@ -331,7 +341,8 @@ def collate(items) -> Batch:
         dec_out=pad_rows([r[2] for r in kp_rows], min_len=1),
         kp_post=torch.tensor([r[0] for r in kp_rows], dtype=torch.long),
         labels=torch.tensor([r[3] for r in kp_rows], dtype=torch.long),
-        oov=[e.oov for e in examples])
+        oov=[e.oov for e in examples],
+        text_embedding=torch.stack(embeddings) if embeddings and embeddings[0] is not None else None)
 
 
 class LengthBatches(torch.utils.data.Sampler):

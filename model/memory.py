@@ -1,4 +1,5 @@
-"""Keyphrase memory: the training posts and their keyphrases, retrieved by TF-IDF similarity.
+"""Keyphrase memory: the training posts and their keyphrases, retrieved by TF-IDF similarity and, as an option,
+by the posts' sentence embeddings.
 
 Posts on one topic recur in the data (the same campaign, event or account posting many times), and a
 keyphrase that is absent from a post's words is most often found on its neighbours in the training set. A
@@ -13,7 +14,11 @@ unified ranking only (model/beam.py `rank`). It scores only the classifier's lab
 
     p_mem(label | post) = sum over the K most similar training posts n of sim(post, n)^s [label in n's
                           keyphrases] / sum of the same over all labels
-    sim = cosine of TF-IDF vectors, tf = 1 + log(count), idf = log(N / (1 + df)) over the training posts.
+    sim = cosine of TF-IDF vectors, tf = 1 + log(count), idf = log(N / (1 + df)) over the training posts;
+    hybrid: sim = (1 - w) x that + w x cosine of the posts' sentence embeddings (the `text_embedding` shard group),
+    negative similarities counting as 0.
+
+TF-IDF finds only the neighbours that share words; the embeddings also find those on one topic in other words.
 
 A post's vector has two parts: its words (post + OCR) and its image's attribute words, kept apart (the word
 "beach" among the attributes is image evidence, not the same feature as "beach" in the text). The attributes
@@ -34,21 +39,29 @@ class KeyphraseMemory(nn.Module):
     """Buffers only (moved by `.to()`, saved by `state_dict()`); their sizes are the training split's, so a
     checkpoint's tensors replace empty ones of any size on loading."""
 
-    def __init__(self, n_words: int, k: int, power: float):
+    def __init__(self, n_words: int, k: int, power: float, embedding_weight: float = 0.0):
         super().__init__()
         self.k, self.power = k, power
+        self.embedding_weight = embedding_weight    # w of the hybrid similarity; 0: TF-IDF alone
+        # the model that embedded the training posts ({"weights", "sha256", "meta"}, model.data); None: no embeddings
+        self.embedding_provenance: dict | None = None
         self.register_buffer("idf", torch.zeros(2 * n_words))   # [2V] text words, then attribute words
         # keys: [N, 2V] sparse, one L2-normalised TF-IDF row per training post, kept as its coalesced COO parts
         self.register_buffer("key_indices", torch.zeros(2, 0, dtype=torch.long))   # [2, nnz] (post, word)
         self.register_buffer("key_values", torch.zeros(0))                         # [nnz]
         self.register_buffer("labels", torch.zeros(0, 1, dtype=torch.long))       # [N, M] label ids, 0-padded
+        self.register_buffer("embeddings", torch.zeros(0, 0))                      # [N, D] unit rows, or empty
         self.register_load_state_dict_post_hook(KeyphraseMemory._check_keys)
 
     @classmethod
-    def build(cls, examples: list[Example], n_words: int, k: int, power: float,
-              chunk: int = 1024) -> "KeyphraseMemory":
-        """From the training split's examples (their `src` and `attrs` word ids and their `labels`)."""
-        memory = cls(n_words, k, power)
+    def build(cls, examples: list[Example], n_words: int, k: int, power: float, chunk: int = 1024,
+              embeddings: torch.Tensor | None = None, embedding_provenance: dict | None = None,
+              embedding_weight: float = 0.0) -> "KeyphraseMemory":
+        """From the training split's examples (their `src` and `attrs` word ids and their `labels`) and, for the
+        hybrid similarity, their sentence embeddings [N, D] and the record of the model that made them."""
+        memory = cls(n_words, k, power, embedding_weight)
+        if embeddings is not None:
+            memory.embeddings, memory.embedding_provenance = embeddings.float(), embedding_provenance
         df = torch.zeros(2 * n_words)
         for e in examples:
             df[torch.tensor(sorted(set(e.src) | {n_words + a for a in e.attrs}), dtype=torch.long)] += 1
@@ -67,7 +80,16 @@ class KeyphraseMemory(nn.Module):
         memory.key_indices, memory.key_values = keys.indices(), keys.values()
         return memory
 
+    def get_extra_state(self) -> dict:
+        return {"embedding_provenance": self.embedding_provenance}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.embedding_provenance = state["embedding_provenance"]
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a memory saved before the hybrid similarity existed has neither embeddings nor their provenance
+        state_dict.setdefault(prefix + "embeddings", torch.zeros(0, 0))
+        state_dict.setdefault(prefix + "_extra_state", {"embedding_provenance": None})
         # the saved memory is as large as its training split: take its tensors' shapes before copying them
         for name, buf in self._buffers.items():
             saved = state_dict.get(prefix + name)
@@ -96,17 +118,33 @@ class KeyphraseMemory(nn.Module):
         x = torch.where(counts > 0, 1 + counts.clamp(min=1).log(), counts) * self.idf
         return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
-    def label_distribution(self, src: torch.Tensor, attrs: torch.Tensor, n_labels: int) -> torch.Tensor:
-        """p_mem [B, n_labels] for word ids [B, L] and attribute word ids [B, A]; rows sum to 1, or to 0 where
-        no neighbour shares a word or carries a label."""
-        sim = torch.sparse.mm(self.keys(), self.vectors(src, attrs).T).T          # [B, N] cosine similarities
+    def similarity(self, src: torch.Tensor, attrs: torch.Tensor, embeddings: torch.Tensor | None = None,
+                   embedding_weight: float | None = None) -> torch.Tensor:
+        """[B, N] similarity of each post (word ids [B, L], attribute word ids [B, A], sentence embeddings [B, D]
+        when the hybrid similarity is on) to each training post; `embedding_weight` defaults to the memory's."""
+        w = self.embedding_weight if embedding_weight is None else embedding_weight
+        sim = torch.sparse.mm(self.keys(), self.vectors(src, attrs).T).T          # [B, N] TF-IDF cosines
+        if not w:
+            return sim
+        if embeddings is None or not self.embeddings.numel():
+            raise ValueError("the keyphrase memory's hybrid similarity needs the sentence embeddings of the "
+                             "training posts and of the queried posts (the text_embedding shard group)")
+        return (1 - w) * sim + w * (embeddings @ self.embeddings.T)
+
+    def label_distribution(self, src: torch.Tensor, attrs: torch.Tensor, n_labels: int,
+                           embeddings: torch.Tensor | None = None,
+                           embedding_weight: float | None = None) -> torch.Tensor:
+        """p_mem [B, n_labels] for word ids [B, L], attribute word ids [B, A] and (hybrid) sentence embeddings
+        [B, D]; rows sum to 1, or to 0 where no neighbour is similar at all or carries a label."""
+        sim = self.similarity(src, attrs, embeddings, embedding_weight)          # [B, N]
         top = sim.topk(min(self.k, sim.shape[1]), dim=1)                         # [B, K]
         labels = self.labels[top.indices]                                        # [B, K, M]
-        weight = top.values.pow(self.power).unsqueeze(-1).expand_as(labels) * (labels > 0)
+        votes = top.values.clamp(min=0).pow(self.power)                          # opposite meaning: no vote
+        weight = votes.unsqueeze(-1).expand_as(labels) * (labels > 0)
         dist = torch.zeros(src.shape[0], n_labels, device=src.device)
         dist.scatter_add_(1, labels.flatten(1), weight.flatten(1))
         dist[:, 0] = 0.0                                                          # label 0: not a keyphrase
         return dist / dist.sum(1, keepdim=True).clamp(min=1e-12)
 
     def extra_repr(self) -> str:
-        return f"posts={len(self.labels)}, k={self.k}, power={self.power}"
+        return f"posts={len(self.labels)}, k={self.k}, power={self.power}, embedding_weight={self.embedding_weight}"

@@ -219,7 +219,8 @@ class KeyphraseModel(nn.Module):
         self.register_buffer("agg_weight", torch.zeros((), dtype=torch.float64))
         # The training posts' keyphrases for the unified ranking (model/memory.py, read in beam.candidates_batch):
         # empty until the trainer builds it from the train split; None when the config has no memory.
-        self.memory = KeyphraseMemory(len(vocabs.words), c.memory_k, c.memory_power) if c.memory else None
+        self.memory = KeyphraseMemory(len(vocabs.words), c.memory_k, c.memory_power,
+                                      c.memory_embedding_weight if c.memory_embedding else 0.0) if c.memory else None
         H = c.hidden
         self.embedding = nn.Embedding(len(vocabs.words), c.emb_dim, padding_idx=PAD)
         # U(-0.1, 0.1) as the authors' random embeddings; torch's N(0, 1) saturates the GRU gates early

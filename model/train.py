@@ -28,15 +28,16 @@ import torch
 from tqdm import tqdm
 
 from model import checkpoint
-from model.beam import candidates_batch, rank
+from model.beam import candidates_batch, ensemble_rank, label_candidates, rank, rank_scores
 from model.checkpoint import atomic_file, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
-from model.data import PostDataset, Split, Vocabularies, make_loader, read_split, split_names
+from model.data import PostDataset, Split, Vocabularies, check_text_embedding, make_loader, read_split, split_names
 from model.memory import KeyphraseMemory
 from model.metrics import compute_metrics
 from model.model import KeyphraseModel
 
-__all__ = ["train", "load_checkpoint", "predict_split", "split_candidates", "rank_split", "score",
+__all__ = ["train", "load_checkpoint", "predict_split", "predict_ensemble", "check_one_configuration",
+           "split_candidates", "rank_split", "score",
            "write_predictions", "resolve_device"]
 
 CHECKPOINT = "model.pt"                   # the best epoch's model: what the final evaluation and cmkp-predict read
@@ -44,6 +45,8 @@ TRAINING_STATE = "training_state.pt"      # the last finished epoch's full state
 RUN_FILES = (CHECKPOINT, TRAINING_STATE, "metrics.json", "run.json", "train.log")   # and pred_<split>.txt
 # (classifier, memory) weights of the unified ranking that DEV chooses from at every epoch (beam.rank)
 RANK_WEIGHT_GRID = tuple((cls, mem) for cls in (0.0, 0.1, 0.2, 0.5) for mem in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0))
+# the hybrid memory's embedding weights w that DEV chooses from, once per run (memory.similarity)
+MEMORY_EMBEDDING_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
 
 
 def set_seed(seed: int) -> None:
@@ -110,7 +113,45 @@ def load_glove(path: str | Path, words: list[str], dim: int, embedding: torch.Te
 def build_memory(train: PostDataset, vocabs: Vocabularies) -> KeyphraseMemory:
     """The keyphrase memory of the training split, as its dataset's config defines it."""
     c = train.config
-    return KeyphraseMemory.build(train.examples, len(vocabs.words), c.memory_k, c.memory_power)
+    if not c.memory_embedding:
+        return KeyphraseMemory.build(train.examples, len(vocabs.words), c.memory_k, c.memory_power)
+    return KeyphraseMemory.build(train.examples, len(vocabs.words), c.memory_k, c.memory_power,
+                                 embeddings=train.text_embedding,
+                                 embedding_provenance=train.split.text_embedding_provenance,
+                                 embedding_weight=c.memory_embedding_weight)
+
+
+@torch.no_grad()
+def memory_candidates(memory: KeyphraseMemory, dataset: PostDataset, labels, n_best: int, device,
+                      embedding_weight: float, gen_ranked: list | None = None, batch_size: int = 64) -> list:
+    """The memory's labels [(kp, probability)] best first for every post of the dataset, with the hybrid
+    similarity's weight `embedding_weight`; given the generator's hypotheses per post, those that are labels
+    are scored too (as `candidates_batch` does)."""
+    out: list = [None] * len(dataset)
+    for batch in make_loader(dataset, batch_size, shuffle=False):
+        batch = batch.to(device)
+        p_mem = memory.label_distribution(batch.src, batch.attrs, len(labels), batch.text_embedding,
+                                          embedding_weight)
+        hyps = [gen_ranked[i] for i in batch.index.tolist()] if gen_ranked else [None] * len(batch.index)
+        for i, ranked in zip(batch.index.tolist(), label_candidates(p_mem, labels, n_best, hyps)):
+            out[i] = ranked
+    return out
+
+
+def select_memory_embedding_weight(config: ModelConfig, data: Data, device, log) -> ModelConfig:
+    """The config with the hybrid memory's weight that maximises the memory's own F1@1 on DEV (ties: the
+    smaller weight). It depends on the data alone, so it is chosen once, before training."""
+    memory = build_memory(data.datasets["train"], data.vocabs).to(device)
+    valid = data.datasets["valid"]
+    tried = {}
+    for w in MEMORY_EMBEDDING_GRID:
+        mem = memory_candidates(memory, valid, data.vocabs.labels, config.n_best, device, w)
+        tried[w] = score([rank((None, None, m), "unified", 0.0, 1.0, config.n_best) for m in mem],
+                         data.splits["valid"])["f1@1"]
+    best = max(tried, key=tried.get)
+    log("memory embedding weight chosen on DEV (memory alone, F1@1): "
+        + ", ".join(f"{w}: {f:.2f}" for w, f in tried.items()) + f" -> {best}")
+    return dataclasses.replace(config, memory_embedding_weight=best)
 
 
 def vision_dim_of(data: Data) -> int | None:
@@ -241,8 +282,11 @@ def train_epoch(model: KeyphraseModel, loader, optimizer, config: ModelConfig, d
 # ---------------------------------------------------------------------------------------------- validation
 @torch.no_grad()
 def split_candidates(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int = 64) -> list:
-    """Generator and classifier candidates for every post of the dataset, in the split's order."""
+    """Generator, classifier and memory candidates for every post of the dataset, in the split's order."""
     model.eval()
+    if model.memory is not None and model.memory.embedding_weight:
+        check_text_embedding(model.memory.embedding_provenance, dataset.split.text_embedding_provenance,
+                             f"split {dataset.split.name!r}")
     out: list = [None] * len(dataset)
     for batch in make_loader(dataset, batch_size, shuffle=False):
         batch = batch.to(device)
@@ -263,6 +307,35 @@ def rank_split(model: KeyphraseModel, candidates: list,
 def predict_split(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int = 64) -> list[list[str]]:
     """Ranked keyphrases for every post of the dataset, in the split's order."""
     return rank_split(model, split_candidates(model, dataset, device, batch_size))
+
+
+# config fields that DEV chooses per run: checkpoints of one configuration may differ in them
+TUNED_FIELDS = ("rank_cls_weight", "rank_mem_weight", "memory_embedding_weight")
+
+
+def check_one_configuration(models: list[KeyphraseModel], names: list[str]) -> None:
+    """Ensemble members must be one configuration (seeds of it) trained on one training split."""
+    first = {k: v for k, v in models[0].config.to_dict().items() if k not in TUNED_FIELDS}
+    for model, name in zip(models[1:], names[1:]):
+        config = {k: v for k, v in model.config.to_dict().items() if k not in TUNED_FIELDS}
+        differ = sorted(k for k in first if first[k] != config.get(k))
+        if differ:
+            raise ValueError(f"{name} differs from {names[0]} in config fields {differ}: an ensemble averages "
+                             f"seeds of one configuration")
+        if model.vocabs.to_dict() != models[0].vocabs.to_dict():
+            raise ValueError(f"{name} was trained on other data than {names[0]} (its vocabularies differ)")
+
+
+def predict_ensemble(models: list[KeyphraseModel], dataset: PostDataset, device,
+                     batch_size: int = 64) -> list[list[str]]:
+    """Ranked keyphrases for every post: the mean of the models' ranking scores (beam.ensemble_rank), each
+    model ranking with its own chosen weights. One model gives exactly that model's predictions."""
+    per_model = []
+    for model in models:
+        c = model.config
+        per_model.append([rank_scores(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight)
+                          for cands in split_candidates(model, dataset, device, batch_size)])
+    return [ensemble_rank(list(post), models[0].config.n_best) for post in zip(*per_model)]
 
 
 def select_rank_weight(model: KeyphraseModel, candidates: list, split: Split) -> tuple[tuple[float, float], dict]:
@@ -431,6 +504,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
     dev = resolve_device(device)
     set_seed(seed)
     data = load_data(data_dir, config, allow_random_features)
+    if config.memory_embedding and config.tune_rank_weight:
+        config = select_memory_embedding_weight(config, data, dev, log)
     state_path = out_dir / TRAINING_STATE
     if resume and state_path.exists():
         state = TrainingState.resume(state_path, config, data, seed, dev)

@@ -30,7 +30,8 @@ POSTS = [  # tokens, keyphrases, ocr, attributes
 
 
 def write_dataset(root, posts=POSTS, splits=("train", "valid"), vgg=True, butd=False, random_weights=False,
-                  image_every=2):
+                  image_every=2, text_embedding: dict | None = None):
+    """`text_embedding`: the embedding group's provenance attributes; the vectors are seeded random unit rows."""
     for split in splits:
         rng = np.random.default_rng(0)          # the same posts and images in every split
         (root / split).mkdir(parents=True)
@@ -52,8 +53,12 @@ def write_dataset(root, posts=POSTS, splits=("train", "valid"), vgg=True, butd=F
                 "butd_num_boxes": [3 if p else 0 for p in present], "butd_objects": np.zeros((n, 4)),
                 "butd_object_scores": np.zeros((n, 4)), "butd_attributes": np.zeros((n, 4)),
                 "butd_attribute_scores": np.zeros((n, 4))})
-        write_shard(root / split / "shard-00000.h5", columns,
-                    {"split": split, "shard_index": 0, "source": "archive", "random_weights": random_weights})
+        attrs = {"split": split, "shard_index": 0, "source": "archive", "random_weights": random_weights}
+        if text_embedding is not None:
+            vectors = rng.standard_normal((n, json.loads(text_embedding["text_embedding_meta"])["dim"]))
+            columns["text_embedding"] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+            attrs.update(text_embedding)
+        write_shard(root / split / "shard-00000.h5", columns, attrs)
     return root
 
 
