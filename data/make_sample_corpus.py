@@ -10,6 +10,10 @@ DIR gets (written to a temporary directory next to it, then renamed into place):
                            `attachments.media` expanded; UTF-8); one line in it is deliberately malformed JSON
     media/<media_key>.<ext>  the images the archive ships, looked up by media_key
     expected.json          ground truth for the tests: every post's kind, keyphrases, expected fate and images
+    new-posts/posts.jsonl  a handful of posts written after the archive, never in it, to tag with a trained model:
+                           the `posts` source format, one {"id", "text", "image"} per line (image relative to the
+                           file, absent for a text-only post; no hashtags); their topics in expected.json
+    new-posts/images/      their images
 
 Reading order (file names sorted, lines and tweets in order) is chronological; an intended duplicate always comes
 after its original in reading order, in time and in id, so "first seen wins" and "oldest wins" agree.
@@ -33,6 +37,7 @@ rendered with DejaVu fonts (Pillow's bundled font where DejaVu is missing).
 
 import argparse
 import hashlib
+import html
 import io
 import json
 import random
@@ -92,6 +97,12 @@ REJECTIONS = {
 # kept posts whose image needs converting (CMYK JPEG -> RGB)
 KEPT_IMAGE_EDGES = {"cmyk_image": 2}
 RARE_PLUS_FREQUENT = 8        # kept posts that also carry a rare hashtag (dropped from their keyphrases)
+# The new posts to tag: (hashtag whose topic the post is about, how it says so). `words` names the keyphrase
+# in the text; `related` and `image_*` posts leave it to the image (or, related, to the topic's other words).
+NEW_POSTS = (("catlife", "image_photo"), ("rocketlaunch", "image_photo"), ("deepspace", "image_photo"),
+             ("mondaymotivation", "image_ocr"), ("happybirthday", "image_ocr_outline"),
+             ("coffeetime", "words"), ("sunset", "words"), ("worldcup", "related"))
+NEW_POSTS_DIR = "new-posts"
 SECONDARY_TAG_SHARE = 0.2     # text posts with a second trailing hashtag
 MEDIA_URL_SHARE = 0.85        # posts whose text ends with the photo's t.co link, as most real ones do
 STOPWORDS = {"the", "of", "a", "to", "and"}
@@ -536,6 +547,28 @@ class CorpusWriter:
                 originals.append(post)
         return posts
 
+    def new_posts(self):
+        """NEW_POSTS as Posts with text and at most one image, without hashtags: texts distinct from the archive's,
+        images DHASH_MARGIN bits from every archive image. Called after the archive is written (it draws from
+        the same random streams, so the archive stays what it was)."""
+        tags = {t["tag"]: t for t in self.tags}
+        posts = []
+        for number, (tag_name, kind) in enumerate(NEW_POSTS, start=1):
+            tag = tags[tag_name]
+            mode = kind if kind in ("words", "related") else "generic"
+            post = Post(kind, tag=tag, mode=mode, id=f"new-{number:02d}")
+            post.text = self.compose(post, [])
+            photo = tag["image"][len("photo:"):] if tag["image"].startswith("photo:") else ""
+            if kind == "image_photo" or (kind == "words" and photo):
+                post.images = [self.images.photo_image(photo)]
+            elif kind.startswith("image_ocr"):
+                post.images = [self.images.text_image(tag["segmentation"], tag["poster"],
+                                                      outlined=kind == "image_ocr_outline")]
+            elif kind == "related":
+                post.images = [self.images.generic_image()]
+            posts.append(post)
+        return posts
+
     def least_used_rare(self, rare, uses):
         t = min(rare, key=lambda t: (uses[t["tag"]], t["tag"]))
         uses[t["tag"]] += 1
@@ -691,11 +724,16 @@ def write_corpus(out_dir, seed=DEFAULT_SEED, n_posts=DEFAULT_POSTS):
             lines.append(line)
             location[p.id] = ("tweets-flat.jsonl", len(lines))
         (tmp / "tweets-flat.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        new_posts = writer.new_posts()
+        write_new_posts(tmp / NEW_POSTS_DIR, new_posts)
 
         for p in posts:
             for i, img in enumerate(p.images):
                 (tmp / "media" / f"{media_key(p, i)}.{img.ext}").write_bytes(img.data)
         expected = expected_json(writer, posts, location)
+        expected["new_posts"] = {p.id: {"kind": p.kind, "hashtag": p.tag["tag"], "keyphrase": p.tag["segmentation"],
+                                        "image": new_post_image(p), "text": html.unescape(p.text)}
+                                for p in new_posts}
         (tmp / "expected.json").write_text(json.dumps(expected, sort_keys=True, indent=1, ensure_ascii=False) + "\n",
                                            encoding="utf-8")
         if out_dir.exists():
@@ -705,6 +743,23 @@ def write_corpus(out_dir, seed=DEFAULT_SEED, n_posts=DEFAULT_POSTS):
         if tmp.exists():
             shutil.rmtree(tmp)
     return expected
+
+
+def new_post_image(post):
+    """The image path of a new post as its posts.jsonl row gives it (relative to the file), or None."""
+    return f"images/{post.id}.{post.images[0].ext}" if post.images else None
+
+
+def write_new_posts(directory, posts):
+    (directory / "images").mkdir(parents=True)
+    rows = []
+    for p in posts:
+        row = {"id": p.id, "text": html.unescape(p.text)}   # plain text, not the API's HTML-escaped form
+        if p.images:
+            row["image"] = new_post_image(p)
+            (directory / row["image"]).write_bytes(p.images[0].data)
+        rows.append(json.dumps(row, ensure_ascii=False, sort_keys=True))
+    (directory / "posts.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
 def expected_json(writer, posts, location):
@@ -771,7 +826,9 @@ EXPECTED_ABOUT = (
     "text, whether only the image tells the keyphrase, and its images (kind, real format and mode, sha256, 64-bit "
     "dHash, the photo shown or the text rendered, and the original of a duplicate). hashtags: per lowercase "
     "hashtag, its segmentation, written forms and how many readable posts carry it (all / expected kept). "
-    "Reading order is the files sorted by name, lines in order; it is also chronological.")
+    "Reading order is the files sorted by name, lines in order; it is also chronological. new_posts: per id of "
+    "new-posts/posts.jsonl (posts never in the archive), its kind, the hashtag and keyphrase its topic has, its "
+    "image path and text.")
 
 
 def trailing_hashtags(text):
@@ -798,7 +855,8 @@ def main(argv=None):
     c = expected["counts"]
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"wrote {c['posts']} posts to {args.out} ({size / 1e6:.1f} MB): {c['kept']} expected kept, "
-          f"{c['posts'] - c['kept']} expected rejected {json.dumps(c['rejected'], sort_keys=True)}")
+          f"{c['posts'] - c['kept']} expected rejected {json.dumps(c['rejected'], sort_keys=True)}; "
+          f"{len(expected['new_posts'])} new posts to tag in {args.out / NEW_POSTS_DIR / 'posts.jsonl'}")
 
 
 if __name__ == "__main__":

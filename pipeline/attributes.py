@@ -166,9 +166,11 @@ def train(config: AttributeConfig, captions_path: str | Path, image_dir: str | P
 class AttributePredictor:
     """A trained checkpoint -> top-5 attribute words and scores per image."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 16):
+    def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 16, precision: str = "auto"):
         import torch
+        import torchvision
 
+        from pipeline.precision import resolve_precision
         from pipeline.shards import sha256_file
         from pipeline.weights import pick_device, require_file
 
@@ -178,14 +180,13 @@ class AttributePredictor:
         self.vocabulary: list[str] = state["vocabulary"]
         self.config = AttributeConfig(**state["config"])
         self.device = pick_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size
-        import torchvision
-
         model = getattr(torchvision.models, self.config.arch)(weights=None)
         model.fc = torch.nn.Linear(model.fc.in_features, len(self.vocabulary))
         model.load_state_dict(state["state_dict"])
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
-        if self.device.type == "cuda":
+        if self.precision.name == "fp16":
             self.model = self.model.half()
         self.provenance_attrs = {
             "attributes_weights": str(path.resolve()), "attributes_weights_sha256": sha256_file(path),
@@ -193,7 +194,8 @@ class AttributePredictor:
                 "arch": self.config.arch, "vocabulary_size": len(self.vocabulary), "image_size": self.config.image_size,
                 "backbone_weights": state["backbone_weights"], "backbone_weights_sha256":
                 state["backbone_weights_sha256"], "captions": state["captions"], "train": state["summary"],
-                "top_k": TOP_K, "pos_tagger": "denckring-en-pos (averaged perceptron, UD English-EWT)"}, sort_keys=True)}
+                "top_k": TOP_K, "pos_tagger": "denckring-en-pos (averaged perceptron, UD English-EWT)",
+                **self.precision.provenance()}, sort_keys=True)}
         self.random = bool(state["backbone_random"])
 
     def predict(self, images: Sequence[Image.Image]) -> tuple[list[str], np.ndarray]:
@@ -205,10 +207,10 @@ class AttributePredictor:
             batch = torch.stack([to_tensor(im, self.config.image_size) for im in images[start:start + self.batch_size]])
             batch = batch.to(self.device, memory_format=torch.channels_last)
             with torch.inference_mode():
-                if self.device.type == "cuda":
+                if self.precision.name == "fp16":
                     logits = self.model(batch.half()).float()
                 else:
-                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                    with self.precision.autocast(self.device.type):
                         logits = self.model(batch).float()
             top = torch.sigmoid(logits).topk(TOP_K, dim=1)
             for row, (values, indices) in enumerate(zip(top.values.cpu(), top.indices.cpu())):

@@ -135,6 +135,7 @@ class ExtractVGG(ImageFeatureShard):
     resources = {"gpu": 1}
     vgg_weights = luigi.Parameter(default="IMAGENET1K_V1", description="enum entry, local file, or random[:SEED]")
     vgg_resize = luigi.ChoiceParameter(default="lanczos", choices=("lanczos", "weights"))
+    vgg_image_size = luigi.IntParameter(default=224, description="lanczos: the side images are resized to")
     vgg_precision = luigi.ChoiceParameter(default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     batch_size = luigi.IntParameter(default=32, significant=False)
     device = luigi.Parameter(default="auto", significant=False)
@@ -144,8 +145,8 @@ class ExtractVGG(ImageFeatureShard):
 
         post_ids, rows, paths = self.rows()
         extractor = VGGGridExtractor(VGGConfig(weights=self.vgg_weights, resize=self.vgg_resize,
-                                               precision=self.vgg_precision, batch_size=self.batch_size,
-                                               device=self.device))
+                                               image_size=self.vgg_image_size, precision=self.vgg_precision,
+                                               batch_size=self.batch_size, device=self.device))
         grids = np.zeros((len(post_ids), GRID * GRID, CHANNELS), dtype=np.float16)
         for batch_rows, images in self.batches(rows, paths, self.batch_size):
             grids[batch_rows] = extractor.extract(images)
@@ -167,6 +168,9 @@ class ExtractBUTD(ImageFeatureShard):
     butd_max_boxes = luigi.IntParameter(default=36)
     butd_min_boxes = luigi.IntParameter(default=36)
     butd_conf_threshold = luigi.FloatParameter(default=0.2)
+    butd_min_size = luigi.IntParameter(default=600, description="images resized to this shorter side...")
+    butd_max_size = luigi.IntParameter(default=1000, description="...unless the longer side exceeds this")
+    butd_proposals = luigi.IntParameter(default=300, description="region proposals scored per image")
     batch_size = luigi.IntParameter(default=4, significant=False)
     device = luigi.Parameter(default="auto", significant=False)
 
@@ -176,7 +180,9 @@ class ExtractBUTD(ImageFeatureShard):
         post_ids, rows, paths = self.rows()
         extractor = build_extractor(self.butd_backend, weights=self.butd_weights, device=self.device,
                                     max_boxes=self.butd_max_boxes, min_boxes=self.butd_min_boxes,
-                                    conf_threshold=self.butd_conf_threshold, weights_sha256=self.butd_weights_sha256)
+                                    conf_threshold=self.butd_conf_threshold, weights_sha256=self.butd_weights_sha256,
+                                    min_size=self.butd_min_size, max_size=self.butd_max_size,
+                                    num_proposals=self.butd_proposals)
         n, boxes = len(post_ids), self.butd_max_boxes
         columns = {
             "butd": np.zeros((n, boxes, FEATURE_DIM), np.float16),

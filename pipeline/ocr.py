@@ -111,7 +111,17 @@ _worker_reader: TesseractReader | None = None
 
 def _init_worker(tessdata: str) -> None:
     global _worker_reader
+    silence_stderr()
     _worker_reader = TesseractReader(tessdata)
+
+
+def silence_stderr() -> None:
+    """Point this process's file descriptor 2 at /dev/null. Leptonica, inside Tesseract, writes a line such as
+    `Error in boxClipToRectangle: box outside rectangle` there for harmless layout boxes, hundreds per corpus;
+    a worker's exceptions still reach the parent through the pool."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def _read_path(path: str) -> str:

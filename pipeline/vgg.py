@@ -6,8 +6,10 @@ LANCZOS (no crop) and normalise with the ImageNet mean/std; `resize="lanczos"` d
 taken from the weights' own transforms, `resize="weights"` uses the weights' transforms as they are (resize the
 short side to 256, centre-crop 224 -- loses the image borders).
 
-Speed: batched, `torch.inference_mode`, channels-last; on CPU bf16 autocast (grids within cosine 0.999 of fp32,
-measured by benchmarks/bench_vgg.py), on GPU half precision.
+Speed: batched, `torch.inference_mode`, channels-last; precision from pipeline/precision.py (`auto`: bf16 autocast
+on a CPU with native bf16, grids within cosine 0.999 of fp32 by benchmarks/bench_vgg.py; fp32 on other CPUs;
+half precision on GPU). `image_size` below 224 (the demo's) shrinks conv5 below 7 x 7; the avgpool then
+repeats its positions, so the grid keeps its (49, 512) shape.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ SIZE = 224
 class VGGConfig:
     weights: str = "IMAGENET1K_V1"   # enum entry, local file, or random[:SEED]
     resize: str = "lanczos"           # lanczos (authors: whole image to 224x224) | weights (resize 256, crop 224)
-    precision: str = "auto"           # auto (CPU bf16, GPU fp16) | fp32 | bf16 | fp16
+    image_size: int = SIZE            # lanczos: the side the whole image is resized to (the authors': 224)
+    precision: str = "auto"           # auto (pipeline/precision.py) | fp32 | bf16 | fp16
     batch_size: int = 16
     device: str = "auto"
 
@@ -36,28 +39,27 @@ class VGGGridExtractor:
         import torch
         import torchvision
 
+        from pipeline.precision import resolve_precision
         from pipeline.weights import load_torchvision_model, pick_device
 
+        if config.resize == "weights" and config.image_size != SIZE:
+            raise ValueError(f"resize=weights crops to {SIZE}; image_size applies to resize=lanczos only")
         self.config = config
         self.device = pick_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
         enum = torchvision.models.VGG16_Weights
         model, self.weights = load_torchvision_model(torchvision.models.vgg16, enum, config.weights, "VGG-16")
         # features (conv1..conv5 + pool5) and avgpool; the classifier is not needed for grids.
         self.net = torch.nn.Sequential(model.features, model.avgpool).eval()
-        self.precision = config.precision
-        if self.precision == "auto":
-            self.precision = "fp16" if self.device.type == "cuda" else "bf16"
-        if self.precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         self.net = self.net.to(self.device, memory_format=torch.channels_last)
-        if self.precision == "fp16":
+        if self.precision.name == "fp16":
             self.net = self.net.half()
         self.weights_transform = enum.DEFAULT.transforms()
         self.mean = torch.tensor(self.weights_transform.mean).view(3, 1, 1)
         self.std = torch.tensor(self.weights_transform.std).view(3, 1, 1)
 
     def preprocess(self, image: Image.Image):
-        """One RGB PIL image -> normalised float32 tensor (3, 224, 224)."""
+        """One RGB PIL image -> normalised float32 tensor (3, S, S), S = image_size (224 for resize=weights)."""
         import torch
 
         image = image.convert("RGB")
@@ -65,7 +67,8 @@ class VGGGridExtractor:
             return self.weights_transform(image)
         if self.config.resize != "lanczos":
             raise ValueError(f"resize must be lanczos or weights, not {self.config.resize!r}")
-        array = np.asarray(image.resize((SIZE, SIZE), Image.LANCZOS), dtype=np.float32) / 255.0
+        size = (self.config.image_size, self.config.image_size)
+        array = np.asarray(image.resize(size, Image.LANCZOS), dtype=np.float32) / 255.0
         return (torch.from_numpy(array).permute(2, 0, 1) - self.mean) / self.std
 
     def extract(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -79,18 +82,16 @@ class VGGGridExtractor:
         return out
 
     def forward(self, batch) -> np.ndarray:
-        """Normalised (B, 3, 224, 224) -> (B, 49, 512) float16."""
+        """Normalised (B, 3, S, S) -> (B, 49, 512) float16."""
         import torch
 
         batch = batch.to(self.device, memory_format=torch.channels_last)
         with torch.inference_mode():
-            if self.precision == "fp16":
+            if self.precision.name == "fp16":
                 grid = self.net(batch.half())
-            elif self.precision == "bf16":
-                with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                    grid = self.net(batch)
             else:
-                grid = self.net(batch)
+                with self.precision.autocast(self.device.type):
+                    grid = self.net(batch)
         # (B, 512, 7, 7) -> (B, 7, 7, 512) -> (B, 49, 512)
         grid = grid.float().permute(0, 2, 3, 1).reshape(len(batch), GRID * GRID, CHANNELS)
         return grid.cpu().numpy().astype(np.float16)
@@ -98,7 +99,7 @@ class VGGGridExtractor:
     def provenance(self) -> dict:
         """Shard attributes of the `vgg` group (docs/FORMAT.md)."""
         info = self.weights
-        meta = {**info.meta, **asdict(self.config), "precision": self.precision, "device": self.device.type,
+        meta = {**info.meta, **asdict(self.config), **self.precision.provenance(), "device": self.device.type,
                 "grid": [GRID, GRID, CHANNELS], "normalize_mean": list(self.weights_transform.mean),
                 "normalize_std": list(self.weights_transform.std)}
         return type(info)(info.name, info.sha256, info.random, meta).attrs("vgg")

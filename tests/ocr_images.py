@@ -53,3 +53,13 @@ def write_cases(directory) -> list[tuple[str, str]]:
 
 
 
+
+
+def leptonica_noise_image() -> Image.Image:
+    """A crop of scikit-image's Hubble photo on which Leptonica, inside Tesseract 5, writes
+    `Error in boxClipToRectangle` lines to stderr (found by search; most photos print nothing)."""
+    photo = Image.fromarray(skimage.data.hubble_deep_field()).convert("RGB")   # 1000 x 872
+    left, top = int(0.05 * photo.width), int(0.05 * photo.height)
+    width, height = int(0.6 * photo.width), int(0.6 * photo.height)
+    crop = photo.crop((left, top, left + width, top + height))
+    return crop.resize((320, int(320 * height / width)))

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from pipeline import attributes
+from pipeline.precision import resolve_precision
 from pipeline.weights import WeightsNotFoundError
 
 
@@ -77,6 +78,12 @@ def test_predictor_top5_words_scores_and_provenance(trained):
     meta = json.loads(predictor.provenance_attrs["attributes_meta"])
     assert meta["arch"] == "resnet18" and meta["vocabulary_size"] == 40
     assert len(predictor.provenance_attrs["attributes_weights_sha256"]) == 64
+    auto = resolve_precision("auto", torch.device("cpu"))
+    assert (meta["precision"], meta["precision_requested"]) == (auto.name, "auto")
+    # Forced bf16 still runs: its top-5 scores are close to those of the precision auto chose.
+    bf16 = attributes.AttributePredictor(directory / "model.pt", device="cpu", precision="bf16")
+    assert json.loads(bf16.provenance_attrs["attributes_meta"])["precision"] == "bf16"
+    np.testing.assert_allclose(bf16.predict(images)[1], scores, atol=0.02)
 
 
 def test_missing_checkpoint_names_the_task_that_makes_it(tmp_path):

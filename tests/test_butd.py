@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from pipeline.butd import BoxRule, build_extractor, select_boxes
+from pipeline.precision import resolve_precision
 from pipeline.weights import WeightsNotFoundError
 
 
@@ -129,7 +130,10 @@ def test_torchvision_provenance_is_json_and_stamps_random_weights(torchvision_ru
     assert prov["backend"] == "torchvision" and prov["random_weights"] is True
     assert prov["weights"] == "random(seed=3)" and prov["weights_sha256"] == ""
     assert prov["box_rule"]["max_boxes"] == 36 and prov["box_rule"]["conf_threshold"] == 0.2
-    assert prov["input_min_size"] == 320 and prov["precision"] == "bf16"
+    assert prov["input_min_size"] == 320 and prov["proposals"]["rpn_post_nms_top_n"] == 300
+    auto = resolve_precision("auto", torch.device("cpu"))
+    assert (prov["precision"], prov["precision_requested"], prov["precision_reason"]) == \
+        (auto.name, "auto", auto.reason)
     assert len(prov["object_vocab"]) == 90 and prov["object_vocab"][0] == "person"
 
 
@@ -140,10 +144,12 @@ def test_torchvision_is_deterministic_with_a_seed(torchvision_run):
         np.testing.assert_array_equal(again[0][name], outputs[0][name])
 
 
-def test_torchvision_adaptive_rule_in_fp32():
-    adaptive = build_extractor(backend="torchvision", max_boxes=100, min_boxes=10, precision="fp32",
-                               **SMALL).extract(photos()[:1])[0]
-    assert 10 <= len(adaptive["boxes"]) <= 100
+def test_torchvision_adaptive_rule_in_fp32_over_fewer_proposals():
+    extractor = build_extractor(backend="torchvision", max_boxes=100, min_boxes=10, precision="fp32",
+                                num_proposals=60, **SMALL)
+    adaptive = extractor.extract(photos()[:1])[0]
+    assert extractor.provenance()["proposals"]["rpn_post_nms_top_n"] == 60
+    assert 10 <= len(adaptive["boxes"]) <= 60
     assert adaptive["features"].shape == (len(adaptive["boxes"]), 2048)
 
 

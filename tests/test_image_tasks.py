@@ -108,6 +108,10 @@ def test_every_stage_into_an_assembled_shard_then_a_killed_shard_reruns(tmp_path
     assert all(len(data["attributes"][i].split()) == 5 for i in (0, 1, 3))
     assert attrs["attributes_meta"]["arch"] == "resnet18"
     assert attrs["vgg_meta"]["resize"] == "lanczos"
+    # Every image model records the precision it ran in, and why.
+    for group in ("vgg", "butd", "attributes"):
+        assert attrs[f"{group}_meta"]["precision"] in ("fp32", "bf16", "fp16")
+        assert attrs[f"{group}_meta"]["precision_requested"] == "auto" and attrs[f"{group}_meta"]["precision_reason"]
     # Chunked one sample per chunk along the first axis.
     with h5py.File(final) as f:
         assert f["vgg"].chunks == (1, 49, 512) and f["butd"].chunks == (1, 36, 2048)

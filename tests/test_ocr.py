@@ -1,8 +1,15 @@
 """OCR reading (tesserocr, binarised light/dark glyph passes, process pool) and the paper's OCR cleaning."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pipeline import ocr
-from ocr_images import CASES, photo_without_text, render, write_cases
+from ocr_images import CASES, leptonica_noise_image, photo_without_text, render, write_cases
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +46,23 @@ def test_light_outlined_text_needs_the_binarised_pass():
     assert result.binarised
     assert ocr.word_accuracy(" ".join(lines), result.text) == 1.0
     assert ocr.word_accuracy(" ".join(lines), plain_text) < 1.0
+
+
+def _stderr_of(code: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, check=True)
+    return done.stderr
+
+
+def test_pool_workers_keep_leptonica_noise_off_stderr(tmp_path):
+    path = tmp_path / "noisy.png"                 # lossless: the workers read exactly these pixels
+    leptonica_noise_image().save(path)
+    loud = _stderr_of(f"from PIL import Image; from pipeline import ocr; ocr.TesseractReader().read(Image.open({str(path)!r}))")
+    if "Error in" not in loud:
+        pytest.skip("this Tesseract build prints nothing for the probe image")
+    quiet = _stderr_of(f"from pipeline import ocr; assert len(ocr.read_images([{str(path)!r}] * 2, workers=2)) == 2")
+    assert quiet == ""
 
 
 def test_missing_language_data_is_a_clear_error(tmp_path):

@@ -318,3 +318,28 @@ def test_pipeline_ocr_keeps_the_keyphrase_words_of_text_in_image_posts(corpus):
         headline_words = {w for w in rec["keyphrases"][0].split() if w.isalpha()}
         kept_keyphrase += bool(tokens) and headline_words <= set(tokens)
     assert kept_keyphrase >= 0.8 * len(subset), list(zip([r["images"][0]["rendered_text"] for r in subset], texts))
+
+
+def test_new_posts_to_tag_are_new_plain_posts_with_distinct_images(corpus):
+    out, expected = corpus
+    rows = [json.loads(line) for line in (out / msc.NEW_POSTS_DIR / "posts.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == sorted(expected["new_posts"]) and len(rows) == len(msc.NEW_POSTS)
+    archive_texts = {msc.html.unescape(p["text"]) for p in read_tweets(out)[0]}
+    archive_hashes = [int(im["dhash"], 16) for p in expected["posts"].values() for im in p["images"] if im["dhash"]]
+    for row in rows:
+        about = expected["new_posts"][row["id"]]
+        assert set(row) <= {"id", "text", "image"} and row["text"] == about["text"]
+        assert "#" not in row["text"] and row["text"] not in archive_texts
+        words = set(msc.text_words(row["text"]))
+        if about["kind"] == "words":               # the text names the keyphrase; no other post's text does
+            assert set(about["keyphrase"].split()) <= words
+        else:
+            assert not msc.content_words(about["keyphrase"]) & words
+        if "image" not in row:
+            assert about["image"] is None
+            continue
+        with Image.open(out / msc.NEW_POSTS_DIR / row["image"]) as image:
+            assert image.format == "JPEG" and image.mode == "RGB"
+            h = msc.dhash(image)
+        assert min(msc.hamming(h, other) for other in archive_hashes) >= msc.DHASH_MARGIN
+    assert sum("image" not in r for r in rows) == 1      # one text-only post

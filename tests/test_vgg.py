@@ -105,12 +105,33 @@ def test_grids_shape_dtype_layout_and_preprocessing(fp32_extractor):
     assert meta["reference_weights"] == "VGG16_Weights.IMAGENET1K_V1"
 
 
-def test_bf16_channels_last_grids_within_cosine_0999_of_fp32(fp32_extractor):
+def test_forced_bf16_grids_within_cosine_0999_of_fp32(fp32_extractor):
     images = _photos()
     reference = fp32_extractor.extract(images)
-    bf16 = VGGGridExtractor(VGGConfig(weights="random:0", precision="auto", batch_size=2))
-    assert bf16.precision == "bf16"
+    bf16 = VGGGridExtractor(VGGConfig(weights="random:0", precision="bf16", batch_size=2))
+    assert bf16.precision.name == "bf16"
+    assert json.loads(bf16.provenance()["vgg_meta"])["precision"] == "bf16"
     assert _cosine(bf16.extract(images), reference).min() >= 0.999
+
+
+def test_auto_without_native_bf16_runs_fp32_and_records_why(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    auto = VGGGridExtractor(VGGConfig(weights="random:0", precision="auto", device="cpu", batch_size=2))
+    meta = json.loads(auto.provenance()["vgg_meta"])
+    assert meta["precision"] == "fp32" and meta["precision_requested"] == "auto"
+    assert meta["precision_reason"].startswith("CPU without native bf16")
+
+
+def test_smaller_image_size_keeps_the_grid_shape():
+    small = VGGGridExtractor(VGGConfig(weights="random:0", precision="fp32", image_size=112, batch_size=2))
+    image = _photos()[0]
+    assert small.preprocess(image).shape == (3, 112, 112)
+    grids = small.extract([image])
+    assert grids.shape == (1, 49, 512) and np.isfinite(grids.astype(np.float32)).all()
+    assert json.loads(small.provenance()["vgg_meta"])["image_size"] == 112
+    with pytest.raises(ValueError, match="image_size applies to resize=lanczos only"):
+        VGGGridExtractor(VGGConfig(weights="random:0", resize="weights", image_size=112))
 
 
 def test_weights_transform_option_crops_like_torchvision(fp32_extractor):

@@ -1,7 +1,7 @@
 """BUTD-style object features from torchvision's COCO Faster R-CNN (installs from PyPI; the default backend).
 
-Per image, one pass of the detector's ResNet-50 body gives C2..C5; the FPN, the RPN (top 300 proposals after
-NMS 0.7, as bottom-up attention uses) and the detector's box head score every proposal over the 90 COCO
+Per image, one pass of the detector's ResNet-50 body gives C2..C5; the FPN, the RPN (top `num_proposals` after
+NMS 0.7; 300 as bottom-up attention uses) and the detector's box head score every proposal over the 90 COCO
 classes. The shared box rule (pipeline.butd.select_boxes) keeps 36 proposals (or 10-100), and only those
 go through the feature head: RoIAlign 14x14 on the body's C4 map (stride 16, 1024 channels), then the body's
 own res5 block, mean-pooled to 2048-d. By default res5 keeps the stride 2 the detector was trained with
@@ -9,11 +9,12 @@ own res5 block, mean-pooled to 2048-d. By default res5 keeps the stride 2 the de
 bottom-up attention (14x14x2048 out, 4x the res5 cost).
 
 Where the CPU time goes and what cuts it (benchmarks/bench_butd.py prints the split and docs/butd.md the
-figures): the convolutions dominate, so the body, the FPN, the RPN head's convolutions and res5 run in
-bfloat16 with channels-last memory (fp16 on CUDA), with every batch norm folded into the convolution before
-it (no per-call weight casts, no float32 round trip of each activation map through the norm). RoIAlign runs
+figures): the convolutions dominate, so the body, the FPN, the RPN head's convolutions and res5 run in the
+precision pipeline/precision.py picks (`auto`: bfloat16 on a CPU with native bf16, fp16 on CUDA, float32
+elsewhere) with channels-last memory, with every batch norm folded into the convolution before it (no
+per-call weight casts, no float32 round trip of each activation map through the norm). RoIAlign runs
 as a weighted gather of channels-last feature rows (`roi_align_gather`, the same numbers as
-torchvision.ops.roi_align, 4-10x faster on CPU), both for the 300-proposal box pool and for the C4 crops.
+torchvision.ops.roi_align, 4-10x faster on CPU), both for the proposals' box pool and for the C4 crops.
 Anchors, box decoding, NMS, RoIAlign's sampling and the box head's class scores stay float32, so proposal
 coordinates and the box rule's scores keep full precision.
 
@@ -187,22 +188,21 @@ class TorchvisionExtractor:
     def __init__(self, weights: str = "COCO_V1", device: str = "auto", max_boxes: int = 36,
                  min_boxes: int = 36, conf_threshold: float = 0.2, seed: int = 0,
                  detector: str = "fasterrcnn_resnet50_fpn", min_size: int = 600, max_size: int = 1000,
-                 precision: str = "auto", res5_dilation: bool = False, weights_sha256: str = ""):
+                 precision: str = "auto", res5_dilation: bool = False, weights_sha256: str = "",
+                 num_proposals: int = NUM_PROPOSALS):
         import torch
         import torchvision.models.detection as detection
+
+        from pipeline.precision import resolve_precision
 
         if detector not in DETECTORS:
             raise ValueError(f"unknown detector {detector!r}; choose one of {sorted(DETECTORS)}")
         self.rule = BoxRule(min_boxes=min_boxes, max_boxes=max_boxes, conf_threshold=conf_threshold)
         self.device = weights_lib.pick_device(device)
-        # Reduced precision where it is fast and accurate: bf16 on CPU (AMX/AVX-512), fp16 on CUDA.
-        if precision == "auto":
-            precision = "fp16" if self.device.type == "cuda" else "bf16"
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-        self.precision = precision
-        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = self.precision.dtype
         self.detector_name, self.min_size, self.max_size = detector, min_size, max_size
+        self.num_proposals = num_proposals
 
         enum_class = getattr(detection, DETECTORS[detector])
         spec = f"random:{seed}" if weights == "random" else weights
@@ -210,7 +210,7 @@ class TorchvisionExtractor:
             getattr(detection, detector), enum_class, spec, f"BUTD torchvision backend ({detector})",
             weights_backbone=None, num_classes=len(enum_class.DEFAULT.meta["categories"]),
             min_size=min_size, max_size=max_size,
-            rpn_pre_nms_top_n_test=PRE_NMS_PROPOSALS, rpn_post_nms_top_n_test=NUM_PROPOSALS)
+            rpn_pre_nms_top_n_test=PRE_NMS_PROPOSALS, rpn_post_nms_top_n_test=num_proposals)
         if not self.weights_info.random:
             weights_lib.check_sha256(self.weights_info.sha256, weights_sha256, self.weights_info.name)
         self.categories = list(enum_class.DEFAULT.meta["categories"])
@@ -289,14 +289,14 @@ class TorchvisionExtractor:
             "random_weights": info.random,
             "weights_meta": info.meta,
             "box_rule": self.rule.describe(),
-            "proposals": {"rpn_pre_nms_top_n_per_level": PRE_NMS_PROPOSALS, "rpn_post_nms_top_n": NUM_PROPOSALS,
+            "proposals": {"rpn_pre_nms_top_n_per_level": PRE_NMS_PROPOSALS, "rpn_post_nms_top_n": self.num_proposals,
                           "boxes": "proposals (not regressed)"},
             "feature": f"RoIAlign {ROI_SIZE}x{ROI_SIZE} (sampling {ROI_SAMPLING}) on C4 (stride {C4_STRIDE}) of "
                        f"the detector's ResNet-50 body, its res5 block "
                        f"({'stride 1, dilation 2' if self.res5_dilation else 'stride 2'}), mean-pooled to 2048",
             "input_min_size": self.min_size,
             "input_max_size": self.max_size,
-            "precision": self.precision,
+            **self.precision.provenance(),
             "precision_detail": "body, FPN, RPN head convolutions and res5 in this precision with batch norms "
                                 "folded into the convolutions; anchors, NMS, RoIAlign, box head float32",
             "device": self.device.type,
