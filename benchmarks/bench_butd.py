@@ -1,9 +1,11 @@
 """BUTD torchvision backend: CPU-seconds per image, ours against the stock float32 detector, single thread.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_butd.py [--images 4] [--repeats 1] [--detectron2]
+        [--precision auto|fp32|bf16]
 
-Ours: the default extractor (bf16 + channels-last with batch norms folded into the convolutions, RoIAlign as
-a channels-last gather, the box rule applied before res5 so res5 sees 36 boxes).
+Ours: the default extractor (the precision `auto` picks -- bf16 only on a CPU with native bf16, see
+pipeline/precision.py; printed with the ratios -- and channels-last with batch norms folded into the
+convolutions, RoIAlign as a channels-last gather, the box rule applied before res5 so res5 sees 36 boxes).
 Baseline: torchvision's stock Faster R-CNN with the same weights in float32 (its own RoIAlign and batch
 norms), res5 run over all ~300 proposals and the boxes chosen afterwards (what extracting features for
 every proposal, as a detector's box head does, costs).
@@ -106,13 +108,16 @@ def main():
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--detectron2", action="store_true", help="also time the detectron2 backend")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     images = photos(args.images)
     load_before = os.getloadavg()
 
-    ours = build_extractor(backend="torchvision", weights="random", seed=SEED, device="cpu")
-    dilated = build_extractor(backend="torchvision", weights="random", seed=SEED, device="cpu", res5_dilation=True)
+    ours = build_extractor(backend="torchvision", weights="random", seed=SEED, device="cpu", precision=args.precision)
+    dilated = build_extractor(backend="torchvision", weights="random", seed=SEED, device="cpu", res5_dilation=True,
+                              precision=args.precision)
+    precision = ours.precision
     stock = stock_detector()
     baseline = Baseline(stock, ours.rule)
     with torch.inference_mode():
@@ -154,9 +159,10 @@ def main():
     print(f"images: {len(images)} x {args.repeats} repeats, 640x480 -> 600/1000, 1 thread, random weights, "
           f"torch {torch.__version__}; load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} "
           f"on {os.cpu_count()} CPUs")
+    print(f"precision {precision.requested} -> {precision.name} ({precision.reason})")
     print(f"{'variant':62s} {'CPU-s/image':>11s} {'speed-up':>9s}")
     print(f"{'baseline: stock fp32, res5 (stride 2) over all 300 proposals':62s} {t_base:11.3f} {1.0:8.2f}x")
-    print(f"{'ours: bf16+channels-last, folded norms, gather RoIAlign, 36 boxes':62s} {t_ours:11.3f} "
+    print(f"{f'ours: {precision.name}+channels-last, folded norms, gather RoIAlign, 36 boxes':62s} {t_ours:11.3f} "
           f"{t_base / t_ours:8.2f}x")
     print(f"{'ours, res5 dilated as bottom-up attention (res5_dilation)':62s} {t_dilated:11.3f} "
           f"{t_base / t_dilated:8.2f}x")
