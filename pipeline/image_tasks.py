@@ -21,6 +21,7 @@ import luigi
 import numpy as np
 
 from pipeline import shards
+from pipeline.precision import PRECISIONS
 from pipeline.text_tasks import DatasetTask, ShardTask, SplitPosts, TextShard, read_jsonl, read_plan, shard_name
 
 
@@ -136,7 +137,7 @@ class ExtractVGG(ImageFeatureShard):
     vgg_weights = luigi.Parameter(default="IMAGENET1K_V1", description="enum entry, local file, or random[:SEED]")
     vgg_resize = luigi.ChoiceParameter(default="lanczos", choices=("lanczos", "weights"))
     vgg_image_size = luigi.IntParameter(default=224, description="lanczos: the side images are resized to")
-    vgg_precision = luigi.ChoiceParameter(default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    vgg_precision = luigi.ChoiceParameter(default="auto", choices=PRECISIONS)
     batch_size = luigi.IntParameter(default=32, significant=False)
     device = luigi.Parameter(default="auto", significant=False)
 
