@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   builds the bundled sample corpus into build/sample/ and trains on it
+#   make demo   builds the bundled sample corpus into build/sample/, trains on it, prints a short summary
+#               (the full log: build/demo.log; what it runs: pipeline/demo.py, its sizes: demo.cfg)
 #   make test   runs the linter, then the whole test suite (make lint: the linter alone)
 # Both install what they need (a virtual environment in .venv/, Tesseract) and are safe to run twice.
 
@@ -10,9 +11,7 @@ STAMP   := $(VENV)/.installed
 # torch and torchvision versions that install from this machine kind's local disk (see README).
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-SAMPLE_SRC := build/sample-src
-SAMPLE     := build/sample
-SAMPLE_RUN := build/sample-run
+DEMO_LOG := build/demo.log
 
 .PHONY: install demo lint test clean
 
@@ -32,15 +31,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@touch $(STAMP)
 
 demo: install
-	$(PY) data/make_sample_corpus.py --out $(SAMPLE_SRC)
-	cd . && $(VENV)/bin/luigi --module pipeline.tasks BuildDataset \
-	  --source archive --input $(SAMPLE_SRC) --output $(SAMPLE) --local-scheduler \
-	  --ExtractVGG-vgg-weights random --ExtractBUTD-butd-weights random \
-	  --TrainAttributePredictor-attribute-backbone-weights random \
-	  --TrainAttributePredictor-attribute-epochs 2 --TrainAttributePredictor-attribute-batch-size 8
-	$(VENV)/bin/cmkp-train --data $(SAMPLE) --config gen-cls-m3h-att --out $(SAMPLE_RUN) \
-	  --epochs 15 --seed 1 --device auto --allow-random-features
-	@$(PY) -m pipeline.summary $(SAMPLE) $(SAMPLE_RUN)
+	$(PY) -m pipeline.demo --out build --log $(DEMO_LOG)
 
 lint: install
 	$(VENV)/bin/ruff check .
