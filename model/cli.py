@@ -68,6 +68,7 @@ def train(data_dir, config_name, out_dir, epochs, seed, device, glove, allow_ran
 @click.option("--metrics", is_flag=True, help="also print F1@1, F1@3, MAP@5 against the split's keyphrases")
 def predict(model_paths, data_dir, split, out_file, device, threads, batch_size, beam, metrics):
     from model.data import PostDataset, read_split
+    from model.metrics import HEADLINE
     from model.train import (check_one_configuration, load_checkpoint, predict_ensemble, resolve_device, score,
                              write_predictions)
     _threads(threads)
@@ -88,5 +89,5 @@ def predict(model_paths, data_dir, split, out_file, device, threads, batch_size,
     click.echo(f"{len(predictions)} posts -> {out_file}", err=True)
     if metrics:
         m = score(predictions, data)
-        json.dump({k: m[k] for k in ("f1@1", "f1@3", "map@5")}, sys.stdout)
+        json.dump({k: m[k] for k in HEADLINE}, sys.stdout)
         click.echo()

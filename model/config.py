@@ -135,8 +135,11 @@ def _variant(base: ModelConfig, name: str, **changes) -> ModelConfig:
     return dataclasses.replace(base, name=name, **changes)
 
 
+# one head alone (the classifier, the generator): the other head off, and what needs both heads with it
 _CLS = dict(generator=False, copy=False, aggregate=False, joint_training=False, ranking="classifier",
             warmup_epochs=0, memory=False)
+_GEN = dict(classifier=False, aggregate=False, joint_training=False, ranking="generator", warmup_epochs=0,
+            memory=False)
 _TEXT_ONLY = dict(vision="none", use_attributes=False)
 _FULL = ModelConfig()
 
@@ -151,23 +154,18 @@ CONFIGS: dict[str, ModelConfig] = {
     # TMN (Zeng et al., 2018) and TAKG (Wang et al., 2019a): 50 topics as in their papers and public code
     "cls-tmn": _variant(_FULL, "cls-tmn", fusion="pool", pool="max", image_wordings=False, topics=50,
                         topic_memory=True, **_TEXT_ONLY, **_CLS),
-    "gen-att": _variant(_FULL, "gen-att", classifier=False, copy=False, aggregate=False, joint_training=False,
-                        fuse_into_decoder=False, image_wordings=False, ranking="generator", warmup_epochs=0,
-                        memory=False, **_TEXT_ONLY),
-    "gen-copy": _variant(_FULL, "gen-copy", classifier=False, aggregate=False, joint_training=False,
-                         fuse_into_decoder=False, image_wordings=False, ranking="generator", warmup_epochs=0,
-                         memory=False, **_TEXT_ONLY),
-    "gen-topic": _variant(_FULL, "gen-topic", classifier=False, aggregate=False, joint_training=False,
-                          fuse_into_decoder=False, image_wordings=False, ranking="generator", warmup_epochs=0,
-                          memory=False, topics=50, topic_decoder=True, **_TEXT_ONLY),
+    "gen-att": _variant(_FULL, "gen-att", copy=False, fuse_into_decoder=False, image_wordings=False, **_TEXT_ONLY,
+                        **_GEN),
+    "gen-copy": _variant(_FULL, "gen-copy", fuse_into_decoder=False, image_wordings=False, **_TEXT_ONLY, **_GEN),
+    "gen-topic": _variant(_FULL, "gen-topic", fuse_into_decoder=False, image_wordings=False, topics=50,
+                          topic_decoder=True, **_TEXT_ONLY, **_GEN),
     "cls-img-att": _variant(_FULL, "cls-img-att", fusion="text-query", heads=1, head_dim=256, text_layers=1,
                             use_attributes=False, image_wordings=False, **_CLS),
     "cls-co-att": _variant(_FULL, "cls-co-att", fusion="both", heads=1, head_dim=256, text_layers=1,
                            use_attributes=False, image_wordings=False, **_CLS),
     "cls-ban": _variant(_FULL, "cls-ban", fusion="ban", use_attributes=False, image_wordings=False, **_CLS),
     "cls-m3h-att": _variant(_FULL, "cls-m3h-att", **_CLS),
-    "gen-m3h-att": _variant(_FULL, "gen-m3h-att", classifier=False, aggregate=False, joint_training=False,
-                            ranking="generator", warmup_epochs=0, memory=False),
+    "gen-m3h-att": _variant(_FULL, "gen-m3h-att", **_GEN),
     "gen-cls-m3h-att": _FULL,
 }
 DEFAULT_CONFIG = "gen-cls-m3h-att"

@@ -230,12 +230,13 @@ class ImageFeatures:
         return {"paths": self.paths, "group": self.group, "_shards": None, "_pid": None}
 
     def _open(self, path: str) -> tuple:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r")  # open for the worker's lifetime: read() seeks into it for every post
         dataset = f[self.group]
-        sample_shape = dataset.shape[1:]
+        sample_shape, chunks = dataset.shape[1:], dataset.chunks
         filters = dataset.id.get_create_plist().get_nfilters()
-        if dataset.chunks != (1,) + sample_shape or filters:
-            raise ValueError(f"{path}: {self.group} has chunks {dataset.chunks} and {filters} filters; "
+        if chunks != (1,) + sample_shape or filters:
+            f.close()
+            raise ValueError(f"{path}: {self.group} has chunks {chunks} and {filters} filters; "
                              f"docs/FORMAT.md requires one uncompressed sample per chunk, "
                              f"(1, {', '.join(map(str, sample_shape))})")
         # BUTD rows past the post's box count are zero padding; the counts are small, read whole.

@@ -14,10 +14,8 @@ import json
 
 import click
 
-from model.metrics import (compute_breakdowns, compute_metrics, count_keyphrases, read_gold,
+from model.metrics import (HEADLINE, compute_breakdowns, compute_metrics, count_keyphrases, read_gold,
                            read_predictions, read_sources)
-
-HEADLINE = ("f1@1", "f1@3", "map@5")
 
 
 def format_report(metrics: dict, breakdowns: dict | None = None) -> str:

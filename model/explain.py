@@ -79,8 +79,10 @@ def image_of(dataset: PostDataset, index: int, data_dir: str | Path):
         if "butd_boxes" in f:
             boxes = f["butd_boxes"][post.row][:int(f["butd_num_boxes"][post.row])]
     path = Path(data_dir, relative)
-    image = Image.open(path).convert("RGB") if relative and path.is_file() else None
-    return image, boxes
+    if not (relative and path.is_file()):
+        return None, boxes
+    with Image.open(path) as image:
+        return image.convert("RGB"), boxes
 
 
 def draw(explanation: dict, path: str | Path, image=None, boxes=None, layer: int = -1) -> Path:

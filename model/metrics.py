@@ -36,6 +36,9 @@ KS = (1, 3, 5)  # the authors' evaluator reports @1, @3 and @5
 INVALID_TOKENS = frozenset({"<unk>", ",", "."})
 SEP = "<sep>"
 
+# the headline scores, the keys of a metrics dict that tables and summaries show, in this order
+HEADLINE = ("f1@1", "f1@3", "map@5")
+
 # Lower edges of the breakdown buckets: [0, 1) = unseen in training, [1, 6), [6, 21), [21, 101), [101, inf).
 FREQUENCY_EDGES = (1, 6, 21, 101)
 # Post length in source tokens: [0, 11), [11, 21), [21, 31), [31, inf).

@@ -33,7 +33,7 @@ from model.checkpoint import atomic_file, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.data import PostDataset, Split, Vocabularies, check_text_embedding, make_loader, read_split, split_names
 from model.memory import KeyphraseMemory
-from model.metrics import compute_metrics
+from model.metrics import HEADLINE, compute_metrics
 from model.model import KeyphraseModel
 
 __all__ = ["train", "load_checkpoint", "predict_split", "predict_ensemble", "check_one_configuration",
@@ -534,7 +534,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
         record = {"epoch": epoch, "agg_weight": float(model.agg_weight),
                   **(weights if config.ranking == "unified" else {}),
                   **{k: v for k, v in fit.items() if not k.endswith("_s")},
-                  "valid_loss": val.loss, **{f"valid_{k}": val.metrics[k] for k in ("f1@1", "f1@3", "map@5")},
+                  "valid_loss": val.loss, **{f"valid_{k}": val.metrics[k] for k in HEADLINE},
                   "lr": state.optimizer.param_groups[0]["lr"], "train_cpu_s": fit["train_cpu_s"],
                   "train_wall_s": fit["train_wall_s"],
                   "decode_posts_per_s": len(data.splits["valid"].posts) / val.decode_s}

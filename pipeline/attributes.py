@@ -97,6 +97,12 @@ def build_model(arch: str, backbone_weights: str, num_words: int):
     return model, info
 
 
+def read_rgb(path: Path) -> Image.Image:
+    """The image at path decoded as RGB, its file closed."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
 def to_tensor(image: Image.Image, size: int):
     """RGB image -> ImageNet-normalised float32 (3, size, size), whole image resized (no crop)."""
     import torch
@@ -126,7 +132,7 @@ def train(config: AttributeConfig, captions_path: str | Path, image_dir: str | P
     missing = [n for n in names if not Path(image_dir, n).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} captioned images are missing from {image_dir}, e.g. {missing[:3]}")
-    images = torch.stack([to_tensor(Image.open(Path(image_dir, n)), config.image_size) for n in names])
+    images = torch.stack([to_tensor(read_rgb(Path(image_dir, n)), config.image_size) for n in names])
     targets = torch.zeros(len(names), len(vocabulary))
     for row, name in enumerate(names):
         for word in per_image[name] & index.keys():

@@ -16,6 +16,7 @@ import numpy as np
 from pipeline import __version__
 
 FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")  # a dataset's splits (OUT/{split}/), in this order
 STR = h5py.string_dtype(encoding="utf-8")
 
 # Always present: one entry per post.
@@ -126,6 +127,7 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
 
 
 def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    """The hex sha256 of a file's bytes, read `block` bytes at a time (any size in bounded memory)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(block):

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.shards import read_attrs
+from pipeline.shards import SPLITS, read_attrs
 
 
 def dataset_lines(dataset: Path) -> list[str]:
@@ -21,7 +21,7 @@ def dataset_lines(dataset: Path) -> list[str]:
     for stage, counts in report["stages"].items():
         rejected = ", ".join(f"{reason} {n}" for reason, n in counts["rejected"].items()) or "-"
         lines.append(f"  {stage:<10} {counts['read']:>6} {counts['kept']:>7}  {rejected}")
-    for split in ("train", "valid", "test"):
+    for split in SPLITS:
         manifest_path = dataset / split / "manifest.json"
         if not manifest_path.exists():
             continue
@@ -35,7 +35,7 @@ def dataset_lines(dataset: Path) -> list[str]:
 
 def precision_lines(dataset: Path) -> list[str]:
     """The precision each image model ran in, from the provenance of the first shard that has them."""
-    for split in ("train", "valid", "test"):
+    for split in SPLITS:
         manifest_path = dataset / split / "manifest.json"
         shards_listed = json.loads(manifest_path.read_text())["shards"] if manifest_path.exists() else []
         if shards_listed:

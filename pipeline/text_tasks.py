@@ -37,9 +37,9 @@ import luigi
 from pipeline import shards
 from pipeline.atomic import DurableTarget, atomic_directory
 from pipeline.report import StageLog
+from pipeline.shards import SPLITS
 from pipeline.sources import SOURCES
 
-SPLITS = ("train", "valid", "test")
 PROGRESS_SECONDS = 1.0  # at most one progress report per second (each is a call to the scheduler)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.butd import BoxRule, build_extractor, select_boxes
+from pipeline.butd import BoxRule, build_extractor, select_boxes, to_original_pixels
 from pipeline.precision import resolve_precision
 from pipeline.weights import WeightsNotFoundError
 
@@ -24,6 +24,13 @@ def test_exactly_36_of_many_confident_boxes_highest_first():
     keep, max_conf = select_boxes(spread_boxes(50), scores, BoxRule())
     assert keep.tolist() == list(range(49, 13, -1))           # the top 36 by confidence, highest first
     assert torch.equal(max_conf, scores[:, 0])
+
+
+def test_boxes_go_back_to_original_pixels_clamped_to_the_image():
+    image = Image.new("RGB", (300, 200))  # resized by the detector to 600 x 400 (height, width: 400, 600)
+    boxes = torch.tensor([[60.0, 40.0, 300.0, 200.0], [-10.0, 0.0, 700.0, 500.0]])
+    assert to_original_pixels(boxes, (400, 600), image).tolist() == [[30.0, 20.0, 150.0, 100.0],
+                                                                     [0.0, 0.0, 300.0, 200.0]]
 
 
 def test_too_few_confident_boxes_are_topped_up_to_min_boxes():

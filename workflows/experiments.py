@@ -20,7 +20,6 @@ The CMKP protocol (the shared data's README): TRAIN = lines i with i % 10 != 0 o
 from __future__ import annotations
 
 import abc
-import hashlib
 import json
 import math
 import os
@@ -36,7 +35,9 @@ from pathlib import Path
 
 import luigi
 
-HEADLINE = ("f1@1", "f1@3", "map@5")  # the keys of metrics.json's per-split dicts that the table shows
+from model.metrics import HEADLINE
+from pipeline.shards import sha256_file
+
 STATUS_EVERY_S = 5.0  # how often a running TrainRun copies the trainer's last log line to its status
 TRAINER_OUTPUT = "trainer-output.log"  # a run's stdout + stderr, in its run directory
 WORKFLOW_RECORD = "workflow.json"  # the command and its measured wall and CPU seconds
@@ -67,14 +68,6 @@ class SeedListParameter(CommaListParameter):
 
     def serialize(self, x):
         return ",".join(str(v) for v in x)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,7 +118,7 @@ class ProtocolFolds(luigi.Task):
                 dev = [line for i, line in enumerate(lines) if i % self.dev_every == 0]
                 Path(tmp, f"train_{kind}").write_bytes(b"".join(line + b"\n" for line in train))
                 Path(tmp, f"valid_{kind}").write_bytes(b"".join(line + b"\n" for line in dev))
-                record["files"][path.name] = {"sha256": _sha256(path), "lines": len(lines),
+                record["files"][path.name] = {"sha256": sha256_file(path), "lines": len(lines),
                                               "train": len(train), "valid": len(dev)}
                 self.set_progress_percentage(int(100 * (done + 1) / len(inputs)))
             Path(tmp, "folds.json").write_text(json.dumps(record, indent=1) + "\n")

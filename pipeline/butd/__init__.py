@@ -98,6 +98,16 @@ def select_boxes(boxes, class_scores, rule: BoxRule):
     return keep, max_conf
 
 
+def to_original_pixels(boxes, resized_size: tuple[int, int], image):
+    """Boxes (K, 4) as x1, y1, x2, y2 in the pixels of the resized image the detector saw (resized_size: its
+    height, width) -> in the original image's pixels, clamped to it: what bottom-up attention stores."""
+    height, width = resized_size
+    scaled = boxes * boxes.new_tensor([image.width / width, image.height / height] * 2)
+    scaled[:, 0::2] = scaled[:, 0::2].clamp(0, image.width)
+    scaled[:, 1::2] = scaled[:, 1::2].clamp(0, image.height)
+    return scaled
+
+
 def image_output(features, boxes, object_probs, attribute_probs=None, image_index: int = 0) -> dict[str, np.ndarray]:
     """One image's output dict from tensors of its K kept boxes.
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import weights as weights_lib
-from pipeline.butd import BoxRule, check_images, image_output, select_boxes
+from pipeline.butd import BoxRule, check_images, image_output, select_boxes, to_original_pixels
 
 NUM_OBJECTS = 1600
 NUM_ATTRIBUTES = 400
@@ -305,10 +305,7 @@ class Detectron2Extractor:
         objects = probs[keep, :-1].argmax(dim=1)                        # 0..1599
         # The embedding has background in row 0 (Caffe order), so foreground class c is row c + 1.
         attribute_probs = heads.attribute_head(pooled[keep], objects + 1).softmax(dim=1)   # (K, 401)
-        height, width = images.image_sizes[0]
-        scaled = boxes[keep] * torch.tensor([image.width / width, image.height / height] * 2, device=self.device)
-        scaled[:, 0::2] = scaled[:, 0::2].clamp(0, image.width)
-        scaled[:, 1::2] = scaled[:, 1::2].clamp(0, image.height)
+        scaled = to_original_pixels(boxes[keep], images.image_sizes[0], image)
         return image_output(pooled[keep], scaled, probs[keep, :-1], attribute_probs[:, 1:], index)
 
     def provenance(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pipeline import weights as weights_lib
-from pipeline.butd import BoxRule, check_images, image_output, select_boxes
+from pipeline.butd import BoxRule, check_images, image_output, select_boxes, to_original_pixels
 
 DETECTORS = {  # detector name -> its weights enum class name in torchvision.models.detection
     "fasterrcnn_resnet50_fpn": "FasterRCNN_ResNet50_FPN_Weights",
@@ -269,11 +269,8 @@ class TorchvisionExtractor:
             crops = crops.to(dtype=self.dtype, memory_format=torch.channels_last)
             features = self.res5(crops).float().mean(dim=(2, 3))  # (K, 2048, 7, 7) or dilated 14x14 -> (K, 2048)
 
-        # Proposals (not regressed boxes) back to original-image pixels, as bottom-up attention does.
-        height, width = batch.image_sizes[0]
-        boxes = kept * torch.tensor([image.width / width, image.height / height] * 2, device=self.device)
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image.width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image.height)
+        # proposals (not regressed boxes), as bottom-up attention stores them
+        boxes = to_original_pixels(kept, batch.image_sizes[0], image)
         return image_output(features, boxes, class_probs[keep, 1:], None, index)
 
     def provenance(self) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.report import StageLog
+from pipeline.shards import SPLITS
 from pipeline.sources.records import BadRecord, capped_lines, string_fault
 
-SPLITS = ("train", "valid", "test")
 SEP = "<sep>"
 IMAGE_DIR = "images"  # optional: image files named by the basename of each post's image URL
 # Feature group of the shard format -> release files carrying it (dataset name -> file suffix).
