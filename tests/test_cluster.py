@@ -1,0 +1,150 @@
+"""One dataset built by several worker processes through a central scheduler (luigid on loopback).
+
+The sample corpus (the generator's smallest size) through the text stages and OCR, in shards of 40 posts:
+three `cmkp-worker` processes together, then a build whose worker is killed in the middle of an OCR shard.
+Each must run every task exactly once (the killed one once more, elsewhere) and give the same bytes as a
+single-worker build with the local scheduler.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTS = 512
+BUILD = ["--module", "pipeline.tasks", "BuildDataset", "--source", "archive", "--features", '["ocr"]',
+         "--SplitPosts-shard-size", "40", "--workers", "1"]
+# Luigi's worker log lines: "... Worker(...) running   Task(...)" and "... Worker(...) done      Task(...)"
+LOG_LINE = re.compile(r"\) (running|done) +(\w+\(.*\))$")
+TIMEOUT = 300
+
+pytestmark = pytest.mark.slow
+
+
+def environment() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def luigi_command() -> list[str]:
+    return [sys.executable, "-c", "import sys, luigi.cmdline; sys.argv[0] = 'luigi'; luigi.cmdline.luigi_run()"]
+
+
+def worker_command(corpus: Path, out: Path, port: int) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cluster", *BUILD, "--input", str(corpus), "--output", str(out),
+            "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port)]
+
+
+def task_lines(log: Path, what: str) -> list[str]:
+    return [m.group(2) for line in log.read_text().splitlines()
+            if (m := LOG_LINE.search(line)) and m.group(1) == what]
+
+
+def dataset_files(directory: Path) -> dict[str, bytes]:
+    """Every file of a dataset but its work area (journals and stage directories are build-private)."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.relative_to(directory).parts[0] != "work"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus") / "src"
+    subprocess.run([sys.executable, str(ROOT / "data" / "make_sample_corpus.py"), "--out", str(out),
+                    "--posts", str(POSTS)], check=True, env=environment(), capture_output=True, timeout=TIMEOUT)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("reference") / "ds"
+    subprocess.run([*luigi_command(), *BUILD, "--input", str(corpus), "--output", str(out), "--local-scheduler"],
+                   check=True, cwd=ROOT, env=environment(), capture_output=True, timeout=TIMEOUT)
+    files = dataset_files(out)
+    assert "manifest.json" in files and any(name.startswith("train/shard-") for name in files)
+    return files
+
+
+@pytest.fixture
+def luigid(tmp_path):
+    """A central scheduler on a free loopback port, its state in tmp_path; dead workers are noticed after 2 s
+    and their tasks retried after 1 s (the defaults, 60 s and 900 s, suit a cluster, not a test)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "luigid.cfg"
+    config.write_text("[scheduler]\nworker_disconnect_delay = 2\nretry_delay = 1\n")
+    (tmp_path / "luigid-logs").mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import luigi.cmdline; luigi.cmdline.luigid()", "--address", "127.0.0.1",
+         "--port", str(port), "--state-path", str(tmp_path / "luigid-state"), "--logdir", str(tmp_path / "luigid-logs")],
+        cwd=tmp_path, env={**environment(), "LUIGI_CONFIG_PATH": str(config)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list", timeout=1).read()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("luigid did not start")
+            time.sleep(0.2)
+    yield port
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def start_worker(corpus: Path, out: Path, port: int, log: Path) -> subprocess.Popen:
+    # Its own session, so that a kill reaches the worker's OCR processes too.
+    return subprocess.Popen(worker_command(corpus, out, port), cwd=ROOT, env=environment(),
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_three_workers_build_one_dataset_each_task_once(corpus, reference, luigid, tmp_path):
+    out = tmp_path / "ds"
+    logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
+    workers = []
+    for log in logs:        # staggered: the later ones join while the dataset-wide stages run
+        workers.append(start_worker(corpus, out, luigid, log))
+        time.sleep(1.0)
+    for worker in workers:
+        assert worker.wait(timeout=TIMEOUT) == 0
+
+    done = [task for log in logs for task in task_lines(log, "done")]
+    assert len(done) == len(set(done)), "a task ran to completion twice"
+    shard_tasks = [task for task in done if task.startswith("RunOCR(")]
+    assert len(shard_tasks) == len([f for f in reference if re.fullmatch(r"\w+/shard-\d+\.h5", f)])
+    busy = [log for log in logs if any(t.startswith(("RunOCR(", "TextShard(", "AssembleShard("))
+                                       for t in task_lines(log, "done"))]
+    assert len(busy) >= 2, "the shard tasks were not spread over the workers"
+    assert dataset_files(out) == reference
+
+
+def test_a_worker_killed_mid_task_is_replaced_by_another(corpus, reference, luigid, tmp_path):
+    out = tmp_path / "ds"
+    victim_log, survivor_log = tmp_path / "victim.log", tmp_path / "survivor.log"
+    victim = start_worker(corpus, out, luigid, victim_log)
+    deadline = time.monotonic() + TIMEOUT
+    while not any(t.startswith("RunOCR(") for t in task_lines(victim_log, "running")):
+        assert victim.poll() is None and time.monotonic() < deadline, "the worker never reached an OCR shard"
+        time.sleep(0.05)
+    survivor = start_worker(corpus, out, luigid, survivor_log)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=10)
+    interrupted = set(task_lines(victim_log, "running")) - set(task_lines(victim_log, "done"))
+    interrupted_ocr = [t for t in interrupted if t.startswith("RunOCR(")]
+    assert interrupted_ocr, "the kill came after the OCR shard had finished"
+
+    assert survivor.wait(timeout=TIMEOUT) == 0
+    redone = task_lines(survivor_log, "done")
+    assert set(interrupted_ocr) <= set(redone)
+    assert len(redone) == len(set(redone))
+    assert dataset_files(out) == reference
