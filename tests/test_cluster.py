@@ -92,10 +92,10 @@ def luigid(tmp_path):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list", timeout=1).read()
             break
-        except OSError:
+        except OSError as error:
             if time.monotonic() > deadline or server.poll() is not None:
                 server.kill()
-                raise RuntimeError("luigid did not start")
+                raise RuntimeError("luigid did not start") from error
             time.sleep(0.2)
     yield port
     server.terminate()
