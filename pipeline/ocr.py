@@ -7,6 +7,12 @@ binarised copy where light pixels become black on white, which is how light text
 photo (meme captions) becomes readable; plain Tesseract reads almost nothing there. The pass with more
 confident words wins.
 
+Failures: each image's reading has a deadline (`OCR_TIMEOUT`, Tesseract's own cooperative timeout: layout
+analysis can overrun it by a few seconds); an image that reaches it keeps what the passes before read (often
+nothing) and is logged. A worker process that dies (a segfault in Tesseract, the OOM killer) breaks the pool,
+and `read_images` raises `OCRWorkerDied` at once instead of waiting for it: the shard fails, nothing is
+written, a rerun redoes it.
+
 Cleaning (authors' ext_feats/infer_OCR/process_ocr.py, see /work/shared/reference/cmkp-authors-code.md §0):
 tokenize like the posts (ekphrasis, lowercased), keep alphabetic tokens longer than one character that occur
 in the corpus's posts or keyphrases, then drop the whole OCR text when it is empty, when at least 75% of its
@@ -15,10 +21,13 @@ taken over the kept tokens.
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -33,6 +42,13 @@ MIN_TEXT_SHARE = 0.002       # below this share of candidate pixels a binarised 
 MIN_GLYPH_AREA = 8           # light blobs smaller than this (pixels) are noise
 MAX_GLYPH_SHARE = 0.25       # light blobs taller or wider than this share of the image are not glyphs
 CONFIDENT = 70               # Tesseract word confidence (0-100) counted as a confidently read word
+OCR_TIMEOUT = 60.0           # seconds of Tesseract per image, all passes together
+
+log = logging.getLogger(__name__)
+
+
+class OCRWorkerDied(RuntimeError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -40,6 +56,7 @@ class OCRResult:
     text: str                # raw text of the chosen pass, whitespace-normalised
     confident_words: int
     binarised: bool          # a binarised pass won
+    timed_out: bool = False  # the deadline stopped the reading (text: what earlier passes read)
 
 
 def glyphs_binarised(grey: np.ndarray, text_pixels: np.ndarray) -> Image.Image | None:
@@ -63,23 +80,33 @@ def glyphs_binarised(grey: np.ndarray, text_pixels: np.ndarray) -> Image.Image |
     return Image.fromarray(np.where(keep[labels], 0, 255).astype(np.uint8))
 
 
+def language_data(tessdata: str, lang: str) -> None:
+    if not Path(tessdata, f"{lang}.traineddata").is_file():
+        raise FileNotFoundError(
+            f"Tesseract language data {lang}.traineddata not found in {tessdata}; "
+            f"install it with `apt-get install tesseract-ocr` or set TESSDATA_PREFIX")
+
+
 class TesseractReader:
     """One tesserocr API (one per process: it is not thread-safe)."""
 
-    def __init__(self, tessdata: str = TESSDATA, lang: str = "eng"):
+    def __init__(self, tessdata: str = TESSDATA, lang: str = "eng", timeout: float = OCR_TIMEOUT):
         import tesserocr
 
-        if not Path(tessdata, f"{lang}.traineddata").is_file():
-            raise FileNotFoundError(
-                f"Tesseract language data {lang}.traineddata not found in {tessdata}; "
-                f"install it with `apt-get install tesseract-ocr` or set TESSDATA_PREFIX")
+        language_data(tessdata, lang)
         self.api = tesserocr.PyTessBaseAPI(path=tessdata, lang=lang)
         # Tesseract 5 re-reads low-confidence lines inverted; the binarised passes cover light text instead.
         self.api.SetVariable("tessedit_do_invert", "0")
+        self.timeout = timeout
 
-    def _pass(self, image: Image.Image) -> tuple[str, int, bool]:
-        """(text, confident words, clean): clean when some words were read and all of them confidently."""
+    def _pass(self, image: Image.Image, deadline: float | None = None) -> tuple[str, int, bool] | None:
+        """(text, confident words, clean): clean when some words were read and all of them confidently;
+        None when the deadline (time.monotonic(); default `timeout` from now) passed first."""
+        deadline = time.monotonic() + self.timeout if deadline is None else deadline
         self.api.SetImage(image)
+        milliseconds = int(1000 * (deadline - time.monotonic()))
+        if milliseconds <= 0 or not self.api.Recognize(timeout=milliseconds):
+            return None
         text = " ".join(self.api.GetUTF8Text().split())
         # Tesseract can report a confident "word" that is only whitespace: count real words only.
         confidences = [c for word, c in self.api.MapWordConfidences() if word.strip()] if text else []
@@ -88,8 +115,12 @@ class TesseractReader:
 
     def read(self, image: Image.Image) -> OCRResult:
         """The image as it is, then light and dark glyphs binarised; stops at the first clean reading."""
+        deadline = time.monotonic() + self.timeout
         image = image.convert("RGB")
-        text, confident, clean = self._pass(image)
+        reading = self._pass(image, deadline)
+        if reading is None:
+            return OCRResult("", 0, binarised=False, timed_out=True)
+        text, confident, clean = reading
         best = OCRResult(text, confident, binarised=False)
         if clean:
             return best
@@ -98,7 +129,10 @@ class TesseractReader:
             binarised = glyphs_binarised(grey, text_pixels)
             if binarised is None:
                 continue
-            text, confident, clean = self._pass(binarised)
+            reading = self._pass(binarised, deadline)
+            if reading is None:
+                return OCRResult(best.text, best.confident_words, best.binarised, timed_out=True)
+            text, confident, clean = reading
             if confident > best.confident_words:
                 best = OCRResult(text, confident, True)
             if clean:
@@ -109,10 +143,10 @@ class TesseractReader:
 _worker_reader: TesseractReader | None = None
 
 
-def _init_worker(tessdata: str) -> None:
+def _init_worker(tessdata: str, timeout: float) -> None:
     global _worker_reader
     silence_stderr()
-    _worker_reader = TesseractReader(tessdata)
+    _worker_reader = TesseractReader(tessdata, timeout=timeout)
 
 
 def silence_stderr() -> None:
@@ -124,37 +158,53 @@ def silence_stderr() -> None:
     os.close(devnull)
 
 
-def _read_path(path: str) -> str:
+def _read_path(path: str) -> tuple[str, bool]:
+    """(raw text, timed out) of one image, in a worker."""
     with Image.open(path) as image:
-        return _worker_reader.read(image).text
+        result = _worker_reader.read(image)
+        return result.text, result.timed_out
 
 
 def read_images(paths: Sequence[str], workers: int = 0, tessdata: str = TESSDATA,
-                progress: Callable[[int, float], None] | None = None) -> list[str]:
-    """Raw OCR text per image path, in order, across `workers` processes (0: all cores).
+                progress: Callable[[int, float], None] | None = None, timeout: float = OCR_TIMEOUT) -> list[str]:
+    """Raw OCR text per image path, in order, across `workers` processes (0: all cores), at most `timeout`
+    seconds of Tesseract per image; OCRWorkerDied if a worker process dies.
 
     `progress(done, images_per_second)` is called as results come in.
     """
     if not paths:
         return []
+    language_data(tessdata, "eng")  # checked here: a worker's initializer failing would only break the pool
     workers = workers or os.cpu_count() or 1
     start = time.perf_counter()
     results: list[str] = []
+    timed_out: list[str] = []
     # Workers are forked (no __main__ guard needed in callers); tesserocr is imported only inside them, so its
     # OpenMP runtime starts there, after OMP_THREAD_LIMIT is set.
     env_before = os.environ.get("OMP_THREAD_LIMIT")
     os.environ["OMP_THREAD_LIMIT"] = "1"   # read by Tesseract when a spawned worker starts
     try:
-        with multiprocessing.get_context("fork").Pool(workers, _init_worker, (tessdata,)) as pool:
-            for text in pool.imap(_read_path, paths, chunksize=4):
+        # concurrent.futures, not multiprocessing.Pool: a worker that dies breaks this pool at once
+        # (BrokenProcessPool) where Pool would wait for its lost tasks forever.
+        with ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), _init_worker,
+                                 (tessdata, timeout)) as pool:
+            for path, (text, stopped) in zip(paths, pool.map(_read_path, paths, chunksize=4)):
                 results.append(text)
+                if stopped:
+                    timed_out.append(path)
                 if progress:
                     progress(len(results), len(results) / (time.perf_counter() - start))
+    except BrokenProcessPool:
+        raise OCRWorkerDied(f"an OCR worker process died (killed by a signal or the OOM killer) after "
+                            f"{len(results)} of {len(paths)} images; nothing of this batch is kept") from None
     finally:
         if env_before is None:
             os.environ.pop("OMP_THREAD_LIMIT", None)
         else:
             os.environ["OMP_THREAD_LIMIT"] = env_before
+    if timed_out:
+        log.warning("OCR stopped at the %.0f s deadline for %d of %d images (text kept: what was read before): %s",
+                    timeout, len(timed_out), len(paths), ", ".join(timed_out[:20]))
     return results
 
 

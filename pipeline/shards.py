@@ -51,6 +51,14 @@ FEATURE_COLUMNS: dict[str, dict[str, Any]] = {
 }
 
 
+# Float datasets where NaN is a value of the format ("unknown", docs/FORMAT.md); anywhere else it is a fault.
+NAN_MEANS_UNKNOWN = {"attribute_scores"}
+
+
+class NonFiniteFeatures(ValueError):
+    pass
+
+
 def column_dtype(name: str):
     if name in TEXT_COLUMNS:
         return TEXT_COLUMNS[name]
@@ -135,13 +143,27 @@ def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def check_finite(name: str, array: np.ndarray, post_ids) -> None:
+    """NonFiniteFeatures if a float dataset, as stored, holds inf or NaN (NaN allowed where the format gives it
+    a meaning): an overflow of float16 or a NaN from a model must fail the shard, not reach training."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = np.isinf(array) if name in NAN_MEANS_UNKNOWN else ~np.isfinite(array)
+    rows = np.flatnonzero(bad.reshape(len(array), -1).any(axis=1)) if array.size else []
+    if len(rows):
+        examples = ", ".join(str(post_ids[i]) for i in rows[:5])
+        raise NonFiniteFeatures(f"{name}: {int(bad.sum())} values are NaN or infinite as {array.dtype} (float16 "
+                                f"holds at most 65504) in {len(rows)} posts, e.g. {examples}; shard not written")
+
+
 def write_feature_shard(path: str | Path, group: str, post_ids, columns: Mapping[str, Any],
                         attrs: Mapping[str, Any]) -> None:
     """Write one feature group's work shard (`OUT/work/<group>/{split}/shard-NNNNN.h5`).
 
     It holds `post_id` (to check alignment with the text shard it was computed from), exactly the group's
     datasets, and the group's provenance attributes (`<group>_weights`, `<group>_meta`, ...; see the table
-    above), which the assembled shard carries over.
+    above), which the assembled shard carries over. Non-finite features are refused before anything is
+    written (`check_finite`).
     """
     expected = set(FEATURE_COLUMNS[group])
     if set(columns) != expected:
@@ -149,10 +171,13 @@ def write_feature_shard(path: str | Path, group: str, post_ids, columns: Mapping
     n = len(post_ids)
     if any(len(values) != n for values in columns.values()):
         raise ValueError(f"feature shard {group!r}: datasets differ in length from post_id ({n})")
+    with np.errstate(over="ignore"):  # a value beyond float16's range becomes inf here, and is caught below
+        arrays = {name: _as_array(name, values) for name, values in columns.items()}
+    for name, array in arrays.items():
+        check_finite(name, array, post_ids)
     with h5py.File(path, "w") as f:
         f.create_dataset("post_id", data=_as_array("post_id", post_ids), dtype=STR, track_times=False)
-        for name, values in columns.items():
-            array = _as_array(name, values)
+        for name, array in arrays.items():
             chunks = (1,) + array.shape[1:] if n and array.ndim > 1 else None
             f.create_dataset(name, data=array, dtype=column_dtype(name), chunks=chunks, track_times=False)
         f.attrs["feature_group"] = group

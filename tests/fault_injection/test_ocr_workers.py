@@ -1,0 +1,68 @@
+"""OCR workers that die fail the shard at once with a clear error (never a hung pool), and an image that
+takes Tesseract too long is cut off at its deadline."""
+from __future__ import annotations
+
+import faulthandler
+import logging
+import multiprocessing
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import ocr
+
+pytest.importorskip("tesserocr")
+if not os.path.isfile(os.path.join(ocr.TESSDATA, "eng.traineddata")):
+    pytest.skip("Tesseract's eng.traineddata is not installed", allow_module_level=True)
+
+
+def slow_read(path: str) -> tuple[str, bool]:
+    """A stand-in for reading one image in a worker: slow enough to be killed while busy."""
+    if path.endswith("crash"):
+        faulthandler.disable()  # pytest's traceback dump would only be noise here
+        os.kill(os.getpid(), signal.SIGSEGV)  # what a segfault in Tesseract does to the worker
+    time.sleep(0.2)
+    return path, False
+
+
+@pytest.fixture
+def fake_reading(monkeypatch):
+    monkeypatch.setattr(ocr, "_read_path", slow_read)
+    monkeypatch.setattr(ocr, "_init_worker", lambda tessdata, timeout: None)
+
+
+def test_a_worker_that_crashes_fails_the_shard_with_a_clear_error(fake_reading):
+    paths = [f"image-{i}" for i in range(12)] + ["image-crash"] + [f"image-{i}" for i in range(12, 24)]
+    start = time.monotonic()
+    with pytest.raises(ocr.OCRWorkerDied, match="OCR worker process died"):
+        ocr.read_images(paths, workers=2)
+    assert time.monotonic() - start < 30
+    assert not multiprocessing.active_children()  # the pool is gone, nothing left running
+
+
+def test_a_worker_killed_from_outside_fails_the_shard_instead_of_hanging(fake_reading):
+    killed = []
+
+    def kill_a_worker(done, rate):
+        if not killed:
+            victim = multiprocessing.active_children()[0]
+            os.kill(victim.pid, signal.SIGKILL)  # the OOM killer's way
+            killed.append(victim.pid)
+
+    with pytest.raises(ocr.OCRWorkerDied):
+        ocr.read_images([f"image-{i}" for i in range(40)], workers=2, progress=kill_a_worker)
+    assert killed
+
+
+def test_an_image_that_takes_too_long_is_cut_at_its_deadline(tmp_path, caplog):
+    noise = np.random.default_rng(0).random((1500, 1500)) > 0.5  # layout analysis on noise takes seconds
+    Image.fromarray(noise.astype(np.uint8) * 255).convert("RGB").save(tmp_path / "noise.png")
+    result = ocr.TesseractReader(timeout=0.05).read(Image.open(tmp_path / "noise.png"))
+    assert result.timed_out and result.text == ""
+    with caplog.at_level(logging.WARNING, logger="pipeline.ocr"):
+        assert ocr.read_images([str(tmp_path / "noise.png")], workers=1, timeout=0.05) == [""]
+    assert "deadline for 1 of 1 images" in caplog.text
