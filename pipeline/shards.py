@@ -51,8 +51,9 @@ FEATURE_COLUMNS: dict[str, dict[str, Any]] = {
 }
 
 
-# Float datasets where NaN is a value of the format ("unknown", docs/FORMAT.md); anywhere else it is a fault.
-NAN_MEANS_UNKNOWN = {"attribute_scores"}
+# Float datasets where NaN is a value of the format (docs/FORMAT.md: attributes carried from a release have no
+# scores, COCO detectors no attribute head); anywhere else it is a fault.
+NAN_MEANS_UNKNOWN = {"attribute_scores", "butd_attribute_scores"}
 
 
 class NonFiniteFeatures(ValueError):
