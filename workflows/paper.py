@@ -386,7 +386,8 @@ class Attention(PaperTask):
 
     config_name = luigi.Parameter(default=FULL_MODEL, description="the trained model's configuration")
     seed = luigi.IntParameter(default=1)
-    posts = CommaListParameter(default=(), description="post_ids; empty: the first n_posts posts with an image")
+    posts = CommaListParameter(default=(), description="post_ids; empty: the first n_posts posts with an image "
+                               "(then those without, where an attention block saw two modalities)")
     n_posts = luigi.IntParameter(default=8)
     layer = luigi.IntParameter(default=-1, description="which stacked attention layer to draw")
 
@@ -410,17 +411,24 @@ class Attention(PaperTask):
             raise ValueError(f"{self.config_name} has no attention blocks to explain")
         dataset = PostDataset(read_split(self.shards_path(), self.split), model.vocabs, model.config)
         if self.posts:
-            indices = [find_post(dataset, p) for p in self.posts]
-        else:
+            chosen = [explain(model, dataset, find_post(dataset, p)) for p in self.posts]
+        else:   # the first posts with an image, else the first posts where some attention block saw two modalities
             with_image = [i for i, p in enumerate(dataset.split.posts) if p.image_present]
-            indices = (with_image or list(range(len(dataset))))[:self.n_posts]
+            chosen = []
+            for i in with_image + [i for i in range(len(dataset)) if i not in set(with_image)]:
+                if len(chosen) == self.n_posts:
+                    break
+                explanation = explain(model, dataset, i)
+                if explanation["attention"]:
+                    chosen.append(explanation)
+        index_of = {p.post_id: i for i, p in enumerate(dataset.split.posts)}
         pred_path = run_dir / f"pred_{self.split}.txt"
         predictions = read_predictions(pred_path) if pred_path.exists() else None
         explanations, sections = [], []
         with self.output().temporary_path() as tmp:
             os.makedirs(tmp)
-            for done, index in enumerate(indices):
-                explanation = explain(model, dataset, index)
+            for done, explanation in enumerate(chosen):
+                index = index_of[explanation["post_id"]]
                 image, boxes = image_of(dataset, index, self.shards_path())
                 png = f"{run_name(explanation['post_id'])}.png"
                 draw(explanation, Path(tmp, png), image, boxes, self.layer)
@@ -430,7 +438,7 @@ class Attention(PaperTask):
                                 f"<p>{html.escape(' '.join(explanation['tokens']))}</p>\n"
                                 f"<p>gold: {html.escape('; '.join(explanation['keyphrases']))}<br>"
                                 f"predicted: {html.escape(predicted)}</p>\n<img src=\"{png}\">")
-                self.set_progress_percentage(int(100 * (done + 1) / len(indices)))
+                self.set_progress_percentage(int(100 * (done + 1) / len(chosen)))
             Path(tmp, "attention.json").write_text(json.dumps(explanations) + "\n")
             title = f"Attention heads of {self.config_name}, seed {self.seed}, split {self.split}"
             Path(tmp, "index.html").write_text(
