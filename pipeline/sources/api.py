@@ -12,7 +12,8 @@
   write-then-rename) before the next is asked for, so a crawl that dies resumes from the last page written.
 - `ids`: a file of tweet ids (one per line, `#` comments allowed) hydrated in batches of 100 through
   `GET /2/tweets`; a batch file that exists is not asked for again; ids the API does not return are rejected
-  with reason `unavailable` (the API's error title as detail).
+  with reason `unavailable` (the API's error title as detail); lines that are not ids, and repeated ids, are
+  rejected before anything is asked (`not_an_id`, `duplicate_id`).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import requests
 from pipeline.fetch import make_session
 from pipeline.report import StageLog
 from pipeline.sources.archive import jsonl_lines, read_lines
+from pipeline.sources.records import BadRecord, capped_lines
 
 DEFAULT_BASE_URL = "https://api.twitter.com"
 DEFAULT_QUERY = "has:images has:hashtags lang:en -is:retweet"
@@ -204,13 +206,24 @@ def crawl_search(client: ApiClient, query: str, pages_dir: Path, endpoint: str =
     return written
 
 
-def read_ids(path: str | Path) -> list[str]:
-    ids = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+def read_ids(path: str | Path, log: StageLog) -> list[str]:
+    """The tweet ids of an id file, in order; a line that is not an id (`not_an_id`), is not UTF-8 or too
+    long (`invalid_utf8`, `line_too_long`), or repeats an id (`duplicate_id`) is rejected into `log`."""
+    ids, seen = [], set()
+    for number, line in capped_lines(path):
+        where = f"{Path(path).name}:{number}"
+        if isinstance(line, BadRecord):
+            log.reject(where, line.reason, line.detail)
+            continue
         line = line.split("#", 1)[0].strip()
-        if line:
-            if not line.isdigit():
-                raise ValueError(f"{path}: {line!r} is not a tweet id")
+        if not line:
+            continue
+        if not (line.isascii() and line.isdigit() and len(line) <= 20):
+            log.reject(where, "not_an_id", f"{line[:80]!r} is not a tweet id")
+        elif line in seen:
+            log.reject(line, "duplicate_id", f"listed before ({where})")
+        else:
+            seen.add(line)
             ids.append(line)
     return ids
 
@@ -259,7 +272,7 @@ def crawl_records(source: str, input_path: str, pages_dir: Path, log: StageLog, 
         paths = crawl_search(client, input_path or DEFAULT_QUERY, Path(pages_dir), endpoint, max_pages,
                              progress=progress, start_time=start_time, end_time=end_time)
     elif source == "ids":
-        paths = hydrate(client, read_ids(input_path), Path(pages_dir), progress=progress)
+        paths = hydrate(client, read_ids(input_path, log), Path(pages_dir), progress=progress)
         unavailable_ids(paths, log)
     else:
         raise ValueError(f"source {source!r} is not crawled through the API")

@@ -181,3 +181,14 @@ def test_parse_json_refusals(text, reason):
         records.parse_json(text)
     assert err.value.reason == reason
     assert records.parse_json("9" * 100) == int("9" * 100)  # long, but within the cap
+
+
+def test_an_id_file_with_bad_and_repeated_lines(tmp_path):
+    from pipeline.sources.api import read_ids
+
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"# ids\n1\n12a\n2  # a comment\n1\n\xff\xfe\n" + b"9" * 30 + b"\n3\n")
+    log = StageLog("crawl")
+    assert read_ids(path, log) == ["1", "2", "3"]
+    assert [(r["id"], r["reason"]) for r in log.rejects] == [
+        ("ids.txt:3", "not_an_id"), ("1", "duplicate_id"), ("ids.txt:6", "invalid_utf8"), ("ids.txt:7", "not_an_id")]
