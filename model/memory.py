@@ -124,9 +124,9 @@ class KeyphraseMemory(nn.Module):
         when the hybrid similarity is on) to each training post; `embedding_weight` defaults to the memory's."""
         w = self.embedding_weight if embedding_weight is None else embedding_weight
         sim = torch.sparse.mm(self.keys(), self.vectors(src, attrs).T).T          # [B, N] TF-IDF cosines
-        if not w:
+        if not w or not len(self.labels):            # an empty memory retrieves nothing
             return sim
-        if embeddings is None or not self.embeddings.numel():
+        if embeddings is None or self.embeddings.shape[0] != len(self.labels):
             raise ValueError("the keyphrase memory's hybrid similarity needs the sentence embeddings of the "
                              "training posts and of the queried posts (the text_embedding shard group)")
         return (1 - w) * sim + w * (embeddings @ self.embeddings.T)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -17,12 +16,7 @@ from model.memory import KeyphraseMemory
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_memory import N_WORDS, TRAIN  # noqa: E402
-from test_model import POSTS, TINY, write_dataset  # noqa: E402
-
-PROVENANCE = {"text_embedding_weights": "tiny", "text_embedding_weights_sha256": "ab" * 32,
-              "text_embedding_meta": json.dumps({"pooling": "mean", "normalize": True, "dim": 6, "max_length": 32,
-                                                 "input": "tokens, then ocr_tokens"})}
-
+from test_model import POSTS, TEXT_EMBEDDING, TINY, write_dataset  # noqa: E402
 
 def test_hybrid_similarity_is_the_weighted_sum_of_both():
     embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])
@@ -59,7 +53,7 @@ def trained(tmp_path):
     """A tiny full model with the hybrid memory, trained for 2 epochs on shards with text embeddings."""
     from model.train import train
     torch.set_num_threads(1)
-    data_dir = write_dataset(tmp_path / "data", text_embedding=PROVENANCE)
+    data_dir = write_dataset(tmp_path / "data", text_embedding=TEXT_EMBEDDING)
     config = dataclasses.replace(CONFIGS["gen-cls-m3h-att"], **TINY, memory_embedding=True, epochs=2)
     logs = []
     train(config, data_dir, tmp_path / "run", seed=1, device="cpu", log=logs.append, progress=False)

@@ -15,6 +15,10 @@ from model.data import BOS, EOS, PAD, PostDataset, Vocabularies, collate, read_s
 from model.model import BiGRU, KeyphraseModel
 from pipeline.shards import write_shard
 
+# provenance of the seeded random unit vectors write_dataset puts in the `text_embedding` group when asked
+TEXT_EMBEDDING = {"text_embedding_weights": "tiny", "text_embedding_weights_sha256": "ab" * 32,
+                  "text_embedding_meta": json.dumps({"pooling": "mean", "normalize": True, "dim": 6, "max_length": 32,
+                                                     "input": "tokens, then ocr_tokens"})}
 TINY = dict(emb_dim=16, hidden=32, heads=2, head_dim=8, text_layers=2, dropout=0.0, emb_dropout=0.0)
 
 POSTS = [  # tokens, keyphrases, ocr, attributes
@@ -264,7 +268,7 @@ def test_label_candidates_cover_the_generator_hypotheses(data_dir):
 
 
 def test_all_named_configs_build_and_run(tmp_path):
-    data_dir = write_dataset(tmp_path / "d", vgg=True, butd=True)
+    data_dir = write_dataset(tmp_path / "d", vgg=True, butd=True, text_embedding=TEXT_EMBEDDING)
     for name, base in CONFIGS.items():
         config = dataclasses.replace(base, **TINY)
         model, dataset, batch = build(data_dir, config)
