@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TASK_FAILED, MISSING_DATA = 30, 20
+TASK_FAILED, MISSING_DATA, SCHEDULING_ERROR = 30, 20, 35
 
 
 def luigi(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).parent)])}
     return subprocess.run([sys.executable, "-m", "luigi", *args, "--local-scheduler"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=100)
 
@@ -52,3 +52,9 @@ def test_a_workflow_whose_dataset_is_missing_exits_non_zero(tmp_path):
     done = luigi("--module", "workflows.experiments", "SeedSuite", "--shards-dir", str(tmp_path / "none"),
                  "--work-dir", str(tmp_path / "work"), "--seeds", "1")
     assert done.returncode == MISSING_DATA, done.stderr[-2000:]
+
+
+def test_a_dependency_that_cannot_be_scheduled_exits_non_zero():
+    for task in ("RequiresRaises", "DependsOnAFailure"):
+        done = luigi("--module", "failing_tasks", task)
+        assert done.returncode == SCHEDULING_ERROR, (task, done.stderr[-2000:])

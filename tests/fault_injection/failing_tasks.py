@@ -1,0 +1,21 @@
+"""Tasks that fail in the ways Luigi tells apart, for the exit-code tests (`luigi --module failing_tasks`)."""
+from __future__ import annotations
+
+import luigi
+
+
+class RequiresRaises(luigi.Task):
+    """Its dependencies cannot even be worked out: a scheduling error."""
+
+    def requires(self):
+        raise RuntimeError("requires() failed")
+
+    def output(self):
+        return luigi.LocalTarget("/nonexistent/never")
+
+
+class DependsOnAFailure(luigi.WrapperTask):
+    """Cannot run because what it depends on fails."""
+
+    def requires(self):
+        return RequiresRaises()
