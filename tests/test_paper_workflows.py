@@ -32,6 +32,7 @@ CONFIG_TRAINER = textwrap.dedent("""\
     for opt in ("--data", "--config", "--out", "--device"):
         p.add_argument(opt)
     p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true")
     a = p.parse_args()
     c = load_config(a.config)
     scores = {"f1@1": 10 * c.text_layers + c.heads + c.head_dim / 100 + a.seed,

@@ -19,6 +19,7 @@ FAKE_TRAINER = textwrap.dedent("""\
     for opt in ("--data", "--config", "--out", "--device", "--epochs", "--extra"):
         p.add_argument(opt)
     p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true")
     a = p.parse_args()
     assert pathlib.Path(a.data, "manifest.json").exists(), a.data
     with open(pathlib.Path(a.data).parent / "calls.txt", "a") as f:
@@ -27,8 +28,10 @@ FAKE_TRAINER = textwrap.dedent("""\
         print("training failed: loss is nan")
         sys.exit(3)
     base = 10 if a.config == "a" else 20
-    scores = {"f1@1": a.seed + base, "f1@3": float(os.environ["OMP_NUM_THREADS"]), "map@5": 50.0}
     out = pathlib.Path(a.out)
+    # what a killed run left behind, continued with --resume, shows in map@5
+    resumed = a.resume and (out / "training_state.pt").exists()
+    scores = {"f1@1": a.seed + base, "f1@3": float(os.environ["OMP_NUM_THREADS"]), "map@5": 60.0 if resumed else 50.0}
     (out / "metrics.json").write_text(json.dumps({"valid": scores, "test": scores}))
     if a.config == "b":  # cmkp-train's run.json: per-epoch CPU seconds and decoding speed
         history = [{"epoch": 1, "train_cpu_s": 10.0 * a.seed, "decode_posts_per_s": 100.0},
@@ -143,6 +146,17 @@ def test_seed_suite_and_failed_run_leaves_nothing(tmp_path, trainer, shards):
                                work_dir=str(work), trainer=trainer))
     assert not (work / "runs" / "broken").exists() or not any((work / "runs" / "broken").iterdir())
     assert not (work / "results" / "seeds-broken.json").exists()
+
+
+def test_a_run_whose_worker_died_is_continued(tmp_path, trainer, shards):
+    work = tmp_path / "work"
+    partial = work / "runs" / "a" / "seed-1.partial"       # a killed worker's run directory
+    partial.mkdir(parents=True)
+    (partial / "training_state.pt").write_bytes(b"state")
+    assert build(SeedSuite(config="a", seeds=(1,), shards_dir=str(shards), work_dir=str(work), trainer=trainer))
+    assert json.loads((work / "runs" / "a" / "seed-1" / "metrics.json").read_text())["valid"]["map@5"] == 60.0
+    assert not partial.exists()
+    assert "--resume" in (shards.parent / "calls.txt").read_text()
 
 
 def test_summarize_runs_orders_configs_and_formats_table():

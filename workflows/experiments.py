@@ -227,22 +227,23 @@ class TrainRun(ExperimentTask):
         if shutil.which(program) is None and beside.exists():
             program = str(beside)
         cmd = [program, *args, "--data", self.shards_path(), "--config", self.config,
-               "--out", str(out_dir), "--seed", str(self.seed), "--device", self.device]
+               "--out", str(out_dir), "--seed", str(self.seed), "--device", self.device, "--resume"]
         if self.epochs:
             cmd += ["--epochs", str(self.epochs)]
         return cmd + shlex.split(self.train_args)
 
     def run(self):
         final = self.run_dir()
-        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        # One partial directory per run, whichever worker or host runs it: a run whose worker died is
+        # continued from its last finished epoch by the worker the scheduler gives it to next.
+        tmp = final.with_name(f"{final.name}.partial")
+        tmp.mkdir(parents=True, exist_ok=True)
         cmd = self.command(tmp)
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         log_path = tmp / TRAINER_OUTPUT
         self.set_status_message(f"training {self.config} seed {self.seed}")
         start = time.monotonic()
-        with open(log_path, "wb") as log:
+        with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             status, usage = self._wait(proc, log_path)
         wall = time.monotonic() - start
