@@ -11,6 +11,12 @@
 
 The bag of words is read from the encoder's input ids: the `topic_bow_size` most frequent training words that
 are not stop words (the vocabulary is sorted by frequency).
+
+Where this departs from the public code: the topic model is trained jointly with the keyphrase model from the
+first epoch (TAKG's `p_0_joint` schedule; their README pre-trains it alone for 100 epochs, TMN for 50); its L1
+strength stays at the initial 1e-3 instead of being adapted towards a target sparsity; both models see word
+counts (TAKG's input; TMN normalises its input and reconstructs word indicators); TMN's CNN features are
+max-pooled by the fusion and classified by this project's MLP classifier.
 """
 from __future__ import annotations
 
