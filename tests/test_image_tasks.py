@@ -153,16 +153,18 @@ def check_built_dataset(out):
         assert counts["read"] == counts["kept"] + sum(counts["rejected"].values()), stage
     assert len(rejects) == sum(sum(c["rejected"].values()) for c in report["stages"].values())
     ocr_counts = {"images": 0, "with_raw_text": 0, "with_ocr_tokens": 0}
+    images_seen = 0
     for split, counts in manifest["splits"].items():
         assert counts["posts"] == report["splits"][split]
         split_manifest = json.loads((out / split / "manifest.json").read_text())
-        n = 0
+        n = with_image = 0
         for entry in split_manifest["shards"]:
             path = out / split / entry["file"]
             assert shards.sha256_file(path) == entry["sha256"]
             data, attrs = shards.read_shard(path), shards.read_attrs(path)
             n += attrs["num_samples"]
             present = data["image_present"]
+            with_image += int(present.sum())
             assert attrs["random_weights"] is True
             if "vgg" in attrs["features"]:
                 assert data["vgg"].shape == (len(present), 49, 512) and data["vgg"].dtype == np.float16
@@ -179,6 +181,9 @@ def check_built_dataset(out):
                 for key in ocr_counts:
                     ocr_counts[key] += attrs["ocr_meta"]["counts"][key]
         assert n == counts["posts"] == split_manifest["posts"]
+        assert with_image == split_manifest["with_image"], split
+        images_seen += with_image
+    assert images_seen > 0  # the checks over present images above are not vacuous
     return ocr_counts
 
 
