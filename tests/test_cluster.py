@@ -90,7 +90,8 @@ def luigid(tmp_path):
     deadline = time.monotonic() + 30
     while True:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list", timeout=1).read()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list", timeout=1) as response:
+                response.read()
             break
         except OSError as error:
             if time.monotonic() > deadline or server.poll() is not None:
