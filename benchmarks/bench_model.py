@@ -1,5 +1,5 @@
 """Training CPU-seconds per epoch and decoding posts per second of a model configuration, one thread, next to
-the authors' released code measured on the same protocol on this machine kind (issue 4: 150 CPU-s per stage-1
+the authors' released code measured on the same protocol on this machine kind (150 CPU-s per stage-1
 epoch on TRAIN, 17.8 posts/s decoding at beam 10 in batches of 64).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_model.py --data build/cmkp-bench

@@ -22,8 +22,8 @@ class ModelConfig:
     emb_dim: int = 200
     hidden: int = 300                # Bi-GRU output size (hidden/2 per direction) and the model size
     enc_layers: int = 2
-    # Measured on the benchmark protocol (4.8k train posts): at 0.3 / 0.2 the classifier's train NLL was still
-    # 5.4 after 8 epochs, at 0.1 / 0.1 it is 4.9 after 5; DEV F1@1 of the full model was not lower.
+    # light dropout: at higher rates the classifier fits its labels far more slowly, for no better DEV F1@1
+    # (docs/results.md, "What changed before that", item 2)
     dropout: float = 0.1             # between GRU layers, on the fused vector and in the output MLPs
     emb_dropout: float = 0.1
     # --- fusion (c_fuse) ------------------------------------------------------------------------------------
@@ -84,8 +84,8 @@ class ModelConfig:
     tune_rank_weight: bool = True    # choose both weights on DEV at every epoch (train.RANK_WEIGHT_GRID)
     # --- keyphrase memory (model/memory.py; not in the paper) -----------------------------------------------
     # The unified ranking also hears the keyphrases of the training posts most similar to the post (TF-IDF
-    # cosine over post + OCR words and image attributes). On the benchmark protocol's DEV split it lifts F1@1
-    # from 22.7 to 32.5 (3 seeds, the same checkpoints ranked without and with it; docs/results.md).
+    # cosine over post + OCR words and image attributes); what it adds: docs/results.md, "What each part of the
+    # ranking adds".
     memory: bool = True
     memory_k: int = 20               # nearest training posts that vote
     memory_power: float = 2.0        # a neighbour's vote is its similarity to this power

@@ -4,9 +4,8 @@ by the posts' sentence embeddings.
 Posts on one topic recur in the data (the same campaign, event or account posting many times), and a
 keyphrase that is absent from a post's words is most often found on its neighbours in the training set. A
 softmax classifier over thousands of labels learns such labels from a handful of examples each only slowly; a
-nearest-neighbour vote has them from the first epoch. On the benchmark protocol's DEV split the vote alone
-ranks keyphrases at F1@1 25.7 (the paper's unified model: about 22.5), and it is complementary to the
-generator, which finds the keyphrases present in the post: the two combined rank at about 32 (docs/results.md).
+nearest-neighbour vote has them from the first epoch. It is complementary to the generator, which finds the
+keyphrases present in the post (the figures: docs/results.md, "What each part of the ranking adds").
 
 The memory is non-parametric: built once from the training split (the word ids of post + OCR as the encoder
 reads them, and the attribute word ids), stored in the checkpoint, queried with the same ids, and used by the
@@ -21,9 +20,9 @@ unified ranking only (model/beam.py `rank`). It scores only the classifier's lab
 TF-IDF finds only the neighbours that share words; the embeddings also find those on one topic in other words.
 
 A post's vector has two parts: its words (post + OCR) and its image's attribute words, kept apart (the word
-"beach" among the attributes is image evidence, not the same feature as "beach" in the text). The attributes
-make the vote cross-media: on DEV the memory alone ranks at F1@1 22.3 from the words, 24.8 with the attributes.
-The power s > 1 lets the nearest posts count more (s = 2: 24.8 -> 25.7; s = 4: 23.4).
+"beach" among the attributes is image evidence, not the same feature as "beach" in the text): the attributes
+make the vote cross-media. The power s > 1 lets the nearest posts count more. Both were chosen on DEV
+(docs/results.md, "How the memory was designed", in "What each part of the ranking adds").
 """
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Keyphrase metrics, computed exactly as the CMKP authors' evaluator computes them.
 
-The rules (docs: /work/shared/reference/cmkp-authors-code.md §10, read from the released
-`unified_model/pred_evaluate_func.py` and `metric_utils.py`):
+The rules (read from the authors' released `unified_model/pred_evaluate_func.py` and `metric_utils.py`):
 
 * a keyphrase string is stripped and split on single spaces; every token is lower-cased and
   Porter-stemmed (nltk `PorterStemmer`, default mode);

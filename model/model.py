@@ -118,11 +118,10 @@ class Fusion(nn.Module):
             self.ban = BilinearAttentionFusion(c.hidden, c.ban_glimpses, c.ban_rank)
             self.proj["text<->vision"] = nn.Linear(c.hidden, c.hidden, bias=False)
         self.bias = nn.Parameter(torch.zeros(c.hidden))
-        # Each feature standardised ACROSS posts. At initialisation the pooled GRU states of all posts are nearly
-        # the same vector (post-to-post spread ~0.01 around a shared offset ~0.03); a layer norm (across
-        # features) keeps that shared offset and leaves the post-specific part tiny, so the classifier sees the
-        # same input for every post and stays at the label prior (train NLL 7.7 -> 7.4 in 4 epochs, measured).
-        # Batch statistics remove the offset: train NLL falls from the first epoch.
+        # Each feature standardised ACROSS posts: at initialisation the pooled GRU states of all posts are nearly
+        # one vector, which a layer norm (across features) keeps, so the classifier would see the same input for
+        # every post and stay at the label prior; batch statistics remove the shared part (docs/results.md,
+        # "What changed before that", item 1).
         self.norm = nn.BatchNorm1d(c.hidden)
 
     def forward(self, feats: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

@@ -36,7 +36,7 @@ class DemoConfig:
     out: Path = Path("build")
     workers: int = 2             # Luigi workers (processes running tasks at once)
     config: str = "gen-cls-m3h-att"
-    epochs: int = 4              # the memory ranking scores well from the first epoch; each costs ~45 CPU-s here
+    epochs: int = 4              # few: the memory ranking scores well from the first epoch
     seed: int = 1
 
     @property

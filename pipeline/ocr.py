@@ -13,7 +13,7 @@ nothing) and is logged. A worker process that dies (a segfault in Tesseract, the
 and `read_images` raises `OCRWorkerDied` at once instead of waiting for it: the shard fails, nothing is
 written, a rerun redoes it.
 
-Cleaning (authors' ext_feats/infer_OCR/process_ocr.py, see /work/shared/reference/cmkp-authors-code.md §0):
+Cleaning (as the authors' ext_feats/infer_OCR/process_ocr.py does it):
 tokenize like the posts (ekphrasis, lowercased), keep alphabetic tokens longer than one character that occur
 in the corpus's posts or keyphrases, then drop the whole OCR text when it is empty, when at least 75% of its
 tokens are shorter than 3 characters, or when fewer than 3 tokens are longer than 3 characters. The ratios are

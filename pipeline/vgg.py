@@ -7,7 +7,7 @@ taken from the weights' own transforms, `resize="weights"` uses the weights' tra
 short side to 256, centre-crop 224 -- loses the image borders).
 
 Speed: batched, `torch.inference_mode`, channels-last; precision from pipeline/precision.py (`auto`: bf16 autocast
-on a CPU with native bf16, grids within cosine 0.999 of fp32 by benchmarks/bench_vgg.py; fp32 on other CPUs;
+on a CPU with native bf16, its agreement with fp32 measured by benchmarks/bench_vgg.py (README); fp32 on other CPUs;
 half precision on GPU). `image_size` below 224 (the demo's) shrinks conv5 below 7 x 7; the avgpool then
 repeats its positions, so the grid keeps its (49, 512) shape.
 """

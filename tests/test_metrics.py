@@ -1,4 +1,4 @@
-"""The evaluator against hand-computed cases (rules: the CMKP authors' evaluator, reference §10)."""
+"""The evaluator against hand-computed cases (rules: the CMKP authors' evaluator, as model/metrics.py states them)."""
 
 import pytest
 

@@ -173,7 +173,7 @@ def test_summarize_runs_orders_configs_and_formats_table():
     assert "| y | 20.00 | 1.00 | 2.00 | 1.0 | – | 10 | 1 |" in table
 
 
-def test_benchmark_defaults_are_the_issue_protocol():
+def test_benchmark_defaults_are_the_protocol():
     task = CmkpBenchmark()
     assert task.suite_configs() == ("gen-cls-m3h-att", "gen-copy", "cls-max")
     assert task.seeds == (1, 2, 3) and task.threads == 1 and task.split == "valid"

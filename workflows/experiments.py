@@ -12,9 +12,9 @@ Task graph (one output per task, every output written to a temporary path and re
                      -> ProtocolFolds (WORK/folds/: the protocol's train_*.txt / valid_*.txt)
                 or -> ExistingShards (a dataset directory given with --shards-dir)
 
-The CMKP protocol (the shared data's README): TRAIN = lines i with i % 10 != 0 of the release's
+The CMKP benchmark protocol: TRAIN = lines i with i % 10 != 0 of the release's
 `valid_*.txt`, DEV = i % 10 == 0; DEV is the `valid` split of the built dataset. Suites:
-`CmkpBenchmark` (the issue's three models x three seeds), `AblationSuite` (a list of configs) and
+`CmkpBenchmark` (three reference models x three seeds), `AblationSuite` (a list of configs) and
 `SeedSuite` (one config over seeds); their defaults are the protocol's.
 """
 from __future__ import annotations
@@ -414,7 +414,7 @@ class SuiteTable(ExperimentTask):
 
 
 class CmkpBenchmark(SuiteTable):
-    """The issue's real-data benchmark: gen-cls-m3h-att, gen-copy and cls-max over 3 seeds on the
+    """The real-data benchmark: gen-cls-m3h-att, gen-copy and cls-max over 3 seeds on the
     CMKP protocol (OCR and attributes from the release, no image features)."""
 
     configs = CommaListParameter(default=("gen-cls-m3h-att", "gen-copy", "cls-max"))

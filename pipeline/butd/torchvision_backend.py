@@ -14,7 +14,7 @@ precision pipeline/precision.py picks (`auto`: bfloat16 on a CPU with native bf1
 elsewhere) with channels-last memory, with every batch norm folded into the convolution before it (no
 per-call weight casts, no float32 round trip of each activation map through the norm). RoIAlign runs
 as a weighted gather of channels-last feature rows (`roi_align_gather`, the same numbers as
-torchvision.ops.roi_align, 4-10x faster on CPU), both for the proposals' box pool and for the C4 crops.
+torchvision.ops.roi_align, faster on CPU), both for the proposals' box pool and for the C4 crops.
 Anchors, box decoding, NMS, RoIAlign's sampling and the box head's class scores stay float32, so proposal
 coordinates and the box rule's scores keep full precision.
 
