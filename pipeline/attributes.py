@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from pipeline.images import open_rgb
+
 TOP_K = 5
 TAGGED_CLASSES = ("NOUN", "ADJ")
 ARCHITECTURES = {"resnet152": "ResNet152_Weights", "resnet50": "ResNet50_Weights", "resnet18": "ResNet18_Weights"}
@@ -97,12 +99,6 @@ def build_model(arch: str, backbone_weights: str, num_words: int):
     return model, info
 
 
-def read_rgb(path: Path) -> Image.Image:
-    """The image at path decoded as RGB, its file closed."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
 def to_tensor(image: Image.Image, size: int):
     """RGB image -> ImageNet-normalised float32 (3, size, size), whole image resized (no crop)."""
     import torch
@@ -132,7 +128,7 @@ def train(config: AttributeConfig, captions_path: str | Path, image_dir: str | P
     missing = [n for n in names if not Path(image_dir, n).is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} captioned images are missing from {image_dir}, e.g. {missing[:3]}")
-    images = torch.stack([to_tensor(read_rgb(Path(image_dir, n)), config.image_size) for n in names])
+    images = torch.stack([to_tensor(open_rgb(Path(image_dir, n)), config.image_size) for n in names])
     targets = torch.zeros(len(names), len(vocabulary))
     for row, name in enumerate(names):
         for word in per_image[name] & index.keys():

@@ -45,13 +45,9 @@ class ImageFeatureShard(ShardTask):
         return text["post_id"].tolist(), rows, [self.path(text["image_path"][i]) for i in rows]
 
     def load_images(self, paths):
-        from PIL import Image
+        from pipeline.images import open_rgb
 
-        images = []
-        for path in paths:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        return images
+        return [open_rgb(path) for path in paths]
 
     def batches(self, rows: list[int], paths: list[Path], batch_size: int):
         """(rows, their decoded images) per batch of `batch_size`, reporting progress after each batch."""

@@ -18,7 +18,8 @@ Paper rule: a post keeps its image only if it is a decodable colour JPEG. Decisi
 - Memory is bounded by the image's reduced size, not its full size, where it can be: an image over
   `CHECK_SIDE` pixels a side is checked on a copy reduced to about that size (a JPEG is decoded at 1/2, 1/4
   or 1/8 scale straight from its bytes, which still reads every byte, so truncation is still caught; other
-  formats are decoded in full, within `max_pixels`, then reduced).
+  formats are decoded in full, within `max_pixels`, then reduced). The feature stages read images through
+  `open_rgb`, which reduces an image over `LOAD_SIDE` pixels a side the same way on load.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 MIN_SIDE = 8  # dHash compares a 9x8 grid: below this an image has nothing to compare
 CHECK_SIDE = 1024  # larger images are checked (colour, dHash) on a copy reduced to about this size
+LOAD_SIDE = 4096  # feature stages read images reduced to at most this many pixels a side
 JPEG_FORMATS = {"JPEG", "MPO"}  # Pillow calls a multi-picture JPEG "MPO"
 GRAYSCALE_MODES = {"L", "1", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
@@ -92,6 +94,19 @@ def validate_image(data: bytes, max_pixels: int, require_jpeg: bool, gray_tolera
             and np.abs(pixels[..., 1] - pixels[..., 2]).max() <= gray_tolerance):
         raise ImageRejected("grayscale", f"{img.mode} image with equal channels")
     return ValidImage(image=rgb, format=img.format or "", width=width, height=height)
+
+
+def open_rgb(path, max_side: int = LOAD_SIDE) -> Image.Image:
+    """A stored image as RGB for a feature stage, at most `max_side` pixels a side: larger ones (none of the
+    platform's, which serves at most 4,096) are reduced on load, a JPEG straight from its bytes (draft), so a
+    huge image never costs its full decoded size. Smaller images are exactly `Image.open(path).convert("RGB")`."""
+    with Image.open(path) as image:
+        width, height = image.size
+        scale = max_side / max(width, height)
+        if scale < 1:
+            image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
+            image.thumbnail((max_side, max_side))
+        return image.convert("RGB")
 
 
 def dhash(image: Image.Image) -> int:

@@ -35,6 +35,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from pipeline.images import open_rgb
+
 TESSDATA = os.environ.get("TESSDATA_PREFIX", "/usr/share/tesseract-ocr/5/tessdata")
 LIGHT_THRESHOLD = 240        # grey level at and above which a pixel may be light text
 DARK_THRESHOLD = 80          # grey level at and below which a pixel may be dark text
@@ -160,9 +162,8 @@ def silence_stderr() -> None:
 
 def _read_path(path: str) -> tuple[str, bool]:
     """(raw text, timed out) of one image, in a worker."""
-    with Image.open(path) as image:
-        result = _worker_reader.read(image)
-        return result.text, result.timed_out
+    result = _worker_reader.read(open_rgb(path))
+    return result.text, result.timed_out
 
 
 def read_images(paths: Sequence[str], workers: int = 0, tessdata: str = TESSDATA,

@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.clean import fetch_images, release_images
 from pipeline.fetch import ImageJournal, ImageStore
-from pipeline.images import dhash, validate_image
+from pipeline.images import dhash, open_rgb, validate_image
 from pipeline.report import StageLog
 from pipeline.sources.archive import media_files
 from pipeline.sources.cmkp import release_image_files
@@ -158,3 +158,27 @@ def test_a_huge_valid_image_is_checked_with_bounded_memory(tmp_path):
     assert kept == "[9000, 8000, [1024, 910]]" and cut == "truncated"
     print(f"checking a 9000x8000 JPEG grew the process by {kept_mb} MB")
     assert kept_mb < 40, f"checking the image grew the process by {kept_mb} MB"
+
+
+LOAD_CHILD = """
+import resource, sys
+from pipeline.images import open_rgb
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+image = open_rgb(sys.argv[1])
+print(list(image.size), image.mode, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_feature_stages_load_a_huge_image_reduced_and_others_unchanged(tmp_path):
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(jpeg(blocks(5, (9000, 8000))))
+    done = subprocess.run([sys.executable, "-c", LOAD_CHILD, str(path)], cwd=ROOT, timeout=100,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    size, mode, grown_mb = done.stdout.split("] ")[0] + "]", *done.stdout.split("] ")[1].split()
+    assert size == "[4096, 3641]" and mode == "RGB"
+    assert int(grown_mb) < 300  # decoded at half scale (4,500 x 4,000), then reduced; in full it grows 550 MB
+    small = tmp_path / "small.jpg"
+    small.write_bytes(jpeg(blocks(6, (640, 480))))
+    with Image.open(small) as image:
+        assert np.array_equal(np.asarray(open_rgb(small)), np.asarray(image.convert("RGB")))
