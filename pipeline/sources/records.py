@@ -95,7 +95,10 @@ def string_fault(value, where: str = "") -> BadRecord | None:
             return BadRecord("lone_surrogate", f"{where or 'a string'}: U+{ord(value[err.start]):04X} at {err.start}")
     elif isinstance(value, dict):
         for key, item in value.items():
-            if fault := string_fault(key, where) or string_fault(item, f"{where}.{key}" if where else str(key)):
+            # The path names the key printably: a detail must be writable whatever the key holds.
+            path = f"{where}.{key}" if where else str(key)
+            path = path.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+            if fault := string_fault(key, f"a key of {where or 'the record'}") or string_fault(item, path):
                 return fault
     elif isinstance(value, list):
         for index, item in enumerate(value):

@@ -46,6 +46,8 @@ BAD_TWEETS = [
     ("lone surrogate in text", broken(111, lambda t: t.update(text="Half a pair \ud83d #SuperBowl")),
      "lone_surrogate"),
     ("NUL in text", broken(112, lambda t: t.update(text="A NUL \x00 here #SuperBowl")), "nul_character"),
+    ("lone surrogate in an entity's key", broken(113, lambda t: t["entities"]["hashtags"][0].update({"\udc80": 1})),
+     "lone_surrogate"),
 ]
 
 # (what is wrong, the raw line, the reason)
@@ -82,6 +84,7 @@ def test_each_bad_tweet_and_line_is_rejected_with_its_reason_and_the_rest_kept(t
     expected += [(f"a.jsonl:{n}", reason) for n, (_, _, reason) in enumerate(BAD_LINES, 2 + len(BAD_TWEETS))]
     expected += [(f"a.jsonl:{2 + len(BAD_TWEETS) + len(BAD_LINES)}", "invalid_utf8")]
     assert reasons == expected
+    log.save(tmp_path)  # every detail is writable as UTF-8
     counts = log.counts()  # raises unless read == kept + rejected
     assert counts["read"] == 2 + len(BAD_TWEETS) + len(BAD_LINES) + 1 and counts["kept"] == 2
     details = {r["id"]: r["detail"] for r in log.rejects}
