@@ -24,7 +24,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
-DEFAULT_DEADLINE = 120.0  # seconds for one whole download, however slowly its bytes come
+DEFAULT_DEADLINE = 120.0  # seconds for one whole download, however slowly its bytes come (FetchImages' default)
 MAX_REDIRECTS = 5
 MAX_RETRY_AFTER = 30.0  # seconds of Retry-After waited for; a longer wait defers the image to a rerun
 USER_AGENT = "cmkp-pipeline (research dataset builder)"

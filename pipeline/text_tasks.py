@@ -268,7 +268,8 @@ class FetchImages(ImageStage):
     in `OUT/images/` (see `pipeline.clean.fetch_images`)."""
 
     stage = "images"
-    timeout = luigi.FloatParameter(default=20.0, description="seconds per HTTP request")
+    timeout = luigi.FloatParameter(default=20.0, description="seconds per HTTP connect and per read")
+    deadline = luigi.FloatParameter(default=120.0, description="seconds for one whole download (too_slow after)")
     retries = luigi.IntParameter(default=3, description="HTTP retries, with exponential backoff")
 
     def process(self, records, log):
@@ -278,7 +279,7 @@ class FetchImages(ImageStage):
         session = make_session(retries=self.retries)
 
         def get(url: str) -> bytes:
-            return download(session, url, self.max_bytes, self.timeout)
+            return download(session, url, self.max_bytes, self.timeout, self.deadline)
 
         return fetch_images(self.progress(records), log, self.journal(), get, self.max_bytes, self.max_pixels,
                             self.require_jpeg)
