@@ -1,4 +1,4 @@
-"""Command-line entry points: `cmkp-train` and `cmkp-predict` (declared in setup.cfg)."""
+"""Command-line entry points: `cmkp-train`, `cmkp-predict` and `cmkp-tag` (declared in setup.cfg)."""
 from __future__ import annotations
 
 import json
@@ -91,3 +91,69 @@ def predict(model_paths, data_dir, split, out_file, device, threads, batch_size,
         m = score(predictions, data)
         json.dump({k: m[k] for k in HEADLINE}, sys.stdout)
         click.echo()
+
+
+def _stdin_posts(directory: Path) -> Path:
+    """Standard input as a posts JSONL file: JSON lines as they are, any other line the text of a post whose id
+    is its line number."""
+    path = directory / "stdin.jsonl"
+    with open(path, "w", encoding="utf-8") as out:
+        for number, line in enumerate(sys.stdin, 1):
+            if line.strip() and not line.lstrip().startswith("{"):
+                line = json.dumps({"id": str(number), "text": line.rstrip("\n")}, ensure_ascii=False) + "\n"
+            out.write(line)
+    return path
+
+
+@click.command(help="Tag new posts with a trained run, without a scheduler: one JSON line per post read, "
+                    "{id, keyphrases: [{text, score}], modalities} or {id, rejected, detail}. Input: a .jsonl or "
+                    ".csv file of id, text and optionally image (a path or an http(s) URL), or - for standard "
+                    "input (JSON lines, or lines of plain text).")
+@click.option("--model", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="the run directory (cmkp-train --out)")
+@click.option("--input", "input_file", default="-", show_default=True, help="posts file, or - for standard input")
+@click.option("--out", "out_file", default="-", show_default=True, help="output JSONL file, or - for standard output")
+@click.option("--top", type=int, default=10, show_default=True, help="keyphrases per post")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--score", is_flag=True, help="print F1@1, F1@3, MAP@5 against the posts' own trailing hashtags "
+                                            "(to standard error)")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--ocr-workers", type=int, default=0, help="OCR processes (default: all cores)")
+@click.option("--threads", type=int, default=None)
+def tag(run_dir, input_file, out_file, top, device, score, batch_size, ocr_workers, threads):
+    import tempfile
+
+    from model.provenance import FeaturisationError
+    from model.tagging import Tagger, score as score_results
+    from pipeline.report import StageLog
+    from pipeline.sources.posts import read_posts
+    from pipeline.weights import WeightsNotFoundError
+
+    _threads(threads)
+    try:
+        tagger = Tagger.load(run_dir, device=device, batch_size=batch_size, ocr_workers=ocr_workers)
+    except (FeaturisationError, WeightsNotFoundError, FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e))
+    with tagger, tempfile.TemporaryDirectory() as tmp:
+        source, base = (_stdin_posts(Path(tmp)), Path.cwd()) if input_file == "-" else (input_file, None)
+        log = StageLog("crawl")
+        try:
+            records = list(read_posts(source, log, base=base))
+        except (FileNotFoundError, ValueError) as e:
+            raise click.ClickException(str(e))
+        posts = [{"id": r["id"], "text": r["text"],
+                  "image": (r["media"][0]["file"] or r["media"][0]["url"]) if r["media"] else None} for r in records]
+        results = tagger.tag(posts, top=top)
+        lines = results + [{"id": r["id"], "rejected": r["reason"], "detail": r["detail"]} for r in log.rejects]
+        out = sys.stdout if out_file == "-" else open(out_file, "w", encoding="utf-8")
+        try:
+            for line in lines:
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        finally:
+            if out is not sys.stdout:
+                out.close()
+    click.echo(f"{log.read} posts read: {len(results)} tagged, {len(log.rejects)} rejected"
+               + (f" ({dict(log.rejected)})" if log.rejects else "")
+               + "".join(f"; {note}" for note in tagger.notes), err=True)
+    if score:
+        click.echo(json.dumps(score_results(results)), err=True)

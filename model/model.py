@@ -29,6 +29,8 @@ from model.topic import NeuralTopicModel, TopicMemory, bow_vocabulary
 def masked_pool(x: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     """x [B, N, H], mask [B, N] -> [B, H]; rows without any valid position give zeros."""
     m = mask.unsqueeze(-1)
+    if x.shape[1] == 0:             # no post of the batch has any position (e.g. no attributes at all)
+        return x.new_zeros(x.shape[0], x.shape[2])
     if mode == "max":
         pooled = x.masked_fill(~m, float("-inf")).max(dim=1).values
         return pooled.masked_fill(~mask.any(1, keepdim=True), 0.0)

@@ -35,6 +35,7 @@ from model.data import PostDataset, Split, Vocabularies, check_text_embedding, m
 from model.memory import KeyphraseMemory
 from model.metrics import HEADLINE, compute_metrics
 from model.model import KeyphraseModel
+from model.provenance import write_featurisation
 
 __all__ = ["train", "load_checkpoint", "predict_split", "predict_ensemble", "check_one_configuration",
            "split_candidates", "rank_split", "score",
@@ -516,6 +517,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
         clear_run_files(out_dir, log)
         state = TrainingState.fresh(config, data, seed, dev, glove, log)
     model = state.model
+    # how new posts must be featurised to be tagged by this run (model/provenance.py)
+    write_featurisation(data_dir, out_dir, config, data.splits["train"].shard_paths)
     log(f"config {config.name}: {sum(p.numel() for p in model.parameters()):,} parameters; vocab "
         f"{len(data.vocabs.words)} words, {len(data.vocabs.gen)} generator words, {len(data.vocabs.labels)} labels; "
         + ", ".join(f"{n} {len(s.posts)} posts" for n, s in data.splits.items()) + f"; device {dev}")

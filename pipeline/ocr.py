@@ -166,6 +166,47 @@ def _read_path(path: str) -> tuple[str, bool]:
     return result.text, result.timed_out
 
 
+def _read_decoded(image: Image.Image) -> tuple[str, bool]:
+    """(raw text, timed out) of one image decoded by the caller (sent to the worker pickled)."""
+    result = _worker_reader.read(image)
+    return result.text, result.timed_out
+
+
+def _init_pool_worker(tessdata: str, timeout: float) -> None:
+    # a worker may start long after the pool (on demand): it sets its own OpenMP limit before tesserocr loads
+    os.environ["OMP_THREAD_LIMIT"] = "1"
+    _init_worker(tessdata, timeout)
+
+
+class OCRPool:
+    """Tesseract worker processes kept for as many `read` calls as the caller makes (the tagger's: one pool for
+    its life, fed images it has decoded already). Workers start as in `read_images`: forked, one OpenMP thread
+    each; a caller that also runs torch creates the pool before torch has started its own threads."""
+
+    def __init__(self, workers: int = 0, tessdata: str = TESSDATA, timeout: float = OCR_TIMEOUT):
+        language_data(tessdata, "eng")
+        self.workers = workers or os.cpu_count() or 1
+        self.pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("fork"), _init_pool_worker,
+                                        (tessdata, timeout))
+
+    def read(self, images: Sequence[Image.Image]) -> list[str]:
+        """Raw OCR text per decoded RGB image, in order; OCRWorkerDied if a worker process dies."""
+        try:
+            return [text for text, _ in self.pool.map(_read_decoded, images,
+                                                      chunksize=max(1, min(4, len(images) // self.workers)))]
+        except BrokenProcessPool:
+            raise OCRWorkerDied("an OCR worker process died (killed by a signal or the OOM killer)") from None
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def __enter__(self) -> "OCRPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def read_images(paths: Sequence[str], workers: int = 0, tessdata: str = TESSDATA,
                 progress: Callable[[int, float], None] | None = None, timeout: float = OCR_TIMEOUT) -> list[str]:
     """Raw OCR text per image path, in order, across `workers` processes (0: all cores), at most `timeout`

@@ -33,6 +33,9 @@ from pipeline.image_tasks import (  # noqa: F401  (re-exported as above)
     IMAGE_FEATURE_TASKS, ExtractBUTD, ExtractVGG, OCRVocabulary, PredictAttributes, RunOCR,
     TrainAttributePredictor,
 )
+from pipeline.tag_tasks import (  # noqa: F401  (re-exported as above)
+    CheckModel, TagCrawl, TagFilter, TagJoin, TagPlan, TagPosts, TagShard,
+)
 
 # Feature groups computed from a post's text alone.
 TEXT_GROUPS = {"text_embedding"}
@@ -225,7 +228,7 @@ class BuildDataset(luigi.Task):
     `OUT/manifest.json` is written last: it exists only when everything else is complete.
     """
 
-    source = luigi.ChoiceParameter(choices=SOURCES, description="archive, api, ids or cmkp")
+    source = luigi.ChoiceParameter(choices=SOURCES, description="archive, api, ids, cmkp or posts")
     input = luigi.Parameter(description="archive directory, id file, query or CMKP release directory")
     output = DatasetDirectoryParameter(description="the dataset directory")
     features = luigi.ListParameter(default=ALL_FEATURES, description="feature groups to compute, e.g. [\"ocr\", \"vgg\"]")

@@ -4,7 +4,7 @@
 records and how they are split:
 
     cmkp (a release):           CrawlTweets -> ReleaseImages -> SplitPosts (the release's own splits)
-    archive, api, ids (crawls): CrawlTweets -> FilterPosts -> FetchImages -> DedupeImages -> TokenizePosts
+    archive, api, ids, posts:   CrawlTweets -> FilterPosts -> FetchImages -> DedupeImages -> TokenizePosts
                                 -> FilterHashtags -> SplitPosts (shuffled with a seed, cut 80/10/10)
     then, for every source:     SplitPosts -> TextShard(split, shard_index)
 
@@ -85,7 +85,7 @@ def chain_parameters(task: luigi.Task) -> dict:
 class DatasetTask(luigi.Task):
     """Parameters every stage shares: where posts come from and which dataset directory they go to."""
 
-    source = luigi.ChoiceParameter(choices=SOURCES, description="archive, api, ids or cmkp")
+    source = luigi.ChoiceParameter(choices=SOURCES, description="archive, api, ids, cmkp or posts")
     # Not `input`/`output`: those names are Luigi's methods (BuildDataset's --input/--output map onto these).
     input_path = luigi.Parameter(description="archive directory, id file, query or CMKP release directory")
     dataset_dir = luigi.Parameter(description="the dataset directory (BuildDataset's --output)")
@@ -202,6 +202,12 @@ def read_archive(task: CrawlTweets, log: StageLog) -> Iterator[dict]:
     from pipeline.sources.archive import read_archive
 
     return read_archive(task.input_path, log)
+
+
+def read_posts(task: CrawlTweets, log: StageLog) -> Iterator[dict]:
+    from pipeline.sources.posts import read_posts
+
+    return read_posts(task.input_path, log)
 
 
 def crawl_api(task: CrawlTweets, log: StageLog) -> Iterator[dict]:
@@ -364,6 +370,7 @@ SOURCE_GRAPHS: dict[str, SourceGraph] = {
     "archive": SourceGraph(read_archive, CRAWL_STAGES, keeps_splits=False),
     "api": SourceGraph(crawl_api, CRAWL_STAGES, keeps_splits=False),
     "ids": SourceGraph(crawl_api, CRAWL_STAGES, keeps_splits=False),
+    "posts": SourceGraph(read_posts, CRAWL_STAGES, keeps_splits=False),
 }
 
 

@@ -103,6 +103,26 @@ def load_state_dict(path: Path) -> dict:
     return state["state_dict"] if isinstance(state, dict) and "state_dict" in state else state
 
 
+def weights_file(enum_class, spec: str, component: str) -> Path:
+    """The file a (non-random) weights spec names: an enum entry's file in the torch cache, or a local path.
+    Raises `WeightsNotFoundError` where it is missing."""
+    entry = torchvision_weights(enum_class, spec)
+    if entry is not None:
+        return require_file(
+            cache_checkpoint_path(entry.url), component,
+            f"Obtain it from {entry.url} (what torchvision's {entry} downloads) and place it in the torch "
+            f"cache directory shown, or pass the file's path as the weights parameter.")
+    return require_file(spec, component, f"Pass a state-dict file saved with torch.save, a {enum_class.__name__} "
+                                         f"entry name found in the torch cache, or random.")
+
+
+def spec_of(name: str) -> str:
+    """The weights spec that loads what a recorded `<group>_weights` name describes (`random(seed=N)` ->
+    `random:N`; enum entry names and file paths are specs already)."""
+    match = re.match(r"^random\(seed=(\d+)\)$", name)
+    return f"random:{match.group(1)}" if match else name
+
+
 def load_torchvision_model(builder: Callable[..., Any], enum_class, spec: str, component: str,
                            **builder_kwargs):
     """Build a torchvision model and load the weights a spec names. Returns (model, WeightsInfo).
@@ -120,18 +140,9 @@ def load_torchvision_model(builder: Callable[..., Any], enum_class, spec: str, c
                 "transforms": repr(enum_class.DEFAULT.transforms())}
         return model.eval(), WeightsInfo(f"random(seed={seed})", "", True, meta)
 
+    path = weights_file(enum_class, spec, component)
     entry = torchvision_weights(enum_class, spec)
-    if entry is not None:
-        path = require_file(
-            cache_checkpoint_path(entry.url), component,
-            f"Obtain it from {entry.url} (what torchvision's {entry} downloads) and place it in the torch "
-            f"cache directory shown, or pass the file's path as the weights parameter.")
-        name, meta = str(entry), weights_meta(entry)
-    else:
-        path = require_file(spec, component,
-                            f"Pass a state-dict file saved with torch.save, a {enum_class.__name__} entry "
-                            f"name found in the torch cache, or random.")
-        name, meta = str(path.resolve()), {}
+    name, meta = (str(entry), weights_meta(entry)) if entry is not None else (str(path.resolve()), {})
     model = builder(weights=None, **builder_kwargs)
     model.load_state_dict(load_state_dict(path))
     meta = {"architecture": builder.__name__, **meta}

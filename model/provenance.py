@@ -1,0 +1,293 @@
+"""What a run directory must carry so that new posts are featurised exactly as its training posts were.
+
+`cmkp-train` writes `RUN/featurisation.json` (through `write_featurisation`, called once at the start of
+training) and copies the small files it names into `RUN/featurisation/`:
+
+    dataset            where the shards came from: source, manifest sha256, pipeline version
+    text               the tokenizer's settings: the hashtag segmenter's corpus texts (copied), its extra
+                       statistics / learned-mapping files and the manual mapping list (path + sha256), and the
+                       training filters' parameters (for `--filters train`)
+    image_checks       max_bytes, max_pixels, require_jpeg of the image stage
+    groups             per feature group the model reads (ocr, attributes, vgg or butd) and the training shards
+                       hold: the shards' provenance attributes (`<group>_weights`, `_weights_sha256`, `_meta`)
+                       and whether they came from seeded random weights
+    files              every copied file with its sha256 (the OCR cleaning vocabulary, the segmenter corpus)
+
+`check_featurisation` verifies all of it before any post is read: the copied files against their checksums,
+each weights file (an enum entry's file in the torch cache, a local file, the attribute predictor, Tesseract's
+language data) against the sha256 the shards recorded. Every problem is collected into one
+`FeaturisationError` naming what differs and where it is expected. Seeded random weights need no file: the
+same seed rebuilds the same weights.
+
+A feature group plugs in by having an entry in `GROUP_FILES` (how to find its weights file from its recorded
+provenance) and a builder in `model.tagging`.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+
+FEATURISATION = "featurisation.json"
+FILES_DIR = "featurisation"
+VERSION = 1
+# Carried by a CMKP release rather than computed (pipeline.text_tasks.ReleaseFeatureShard).
+CARRIED = "cmkp-release"
+
+
+class FeaturisationError(ValueError):
+    """The run directory cannot featurise new posts as its training posts were (what differs, and where)."""
+
+
+def model_groups(config) -> list[str]:
+    """Feature groups a model configuration reads, in shard format order."""
+    groups = []
+    if config.image_wordings:
+        groups.append("ocr")
+    if config.use_attributes:
+        groups.append("attributes")
+    if config.vision != "none":
+        groups.append(config.vision)
+    return groups
+
+
+def _sha256(path: Path) -> str:
+    from pipeline.shards import sha256_file
+    return sha256_file(path)
+
+
+def _json_attr(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value.startswith(("{", "[")):
+        return json.loads(value)
+    return value.item() if hasattr(value, "item") else value
+
+
+def shard_group_provenance(paths: list[Path], group: str) -> dict:
+    """The provenance attributes of one group, identical across the given shards (else a clear error)."""
+    found = None
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            entry = {"weights": _json_attr(f.attrs.get(f"{group}_weights", "")),
+                     "weights_sha256": _json_attr(f.attrs.get(f"{group}_weights_sha256", "")),
+                     "meta": _json_attr(f.attrs.get(f"{group}_meta", "{}"))}
+        # The shards' random_weights flag covers all groups; a group's own: its weights (or the attribute
+        # predictor's backbone) were seeded random.
+        backbone = entry["meta"].get("backbone_weights", "") if isinstance(entry["meta"], dict) else ""
+        entry["random_weights"] = str(entry["weights"]).startswith("random(") or str(backbone).startswith("random(")
+        if found is None:
+            found = entry
+        elif entry != found:
+            raise FeaturisationError(f"the {group!r} features of {paths[0]} and {path} come from different "
+                                     f"weights or settings; a model cannot be tied to one featurisation")
+    return found
+
+
+def _chain_parameters(data_dir: Path) -> dict:
+    manifest = data_dir / "manifest.json"
+    return json.loads(manifest.read_text()).get("parameters", {}) if manifest.is_file() else {}
+
+
+def _task_parameters(parameters: dict, family: str) -> dict:
+    entry = parameters.get(family, {})
+    return entry[0] if isinstance(entry, list) else entry
+
+
+def _listed(value) -> list[str]:
+    if isinstance(value, str):
+        value = json.loads(value) if value.startswith("[") else [value] if value else []
+    return [str(v) for v in value or []]
+
+
+def _file_entry(path: str | Path) -> dict:
+    path = Path(path).resolve()
+    return {"path": str(path), "sha256": _sha256(path) if path.is_file() else ""}
+
+
+def write_featurisation(data_dir: str | Path, run_dir: str | Path, config, train_shards: list[Path]) -> dict:
+    """Record in `run_dir` how the training split was featurised (see the module docstring)."""
+    from pipeline import __version__ as pipeline_version
+    from pipeline.segment import default_mapping_file
+    from pipeline.text_tasks import read_jsonl
+
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    files_dir = run_dir / FILES_DIR
+    files_dir.mkdir(parents=True, exist_ok=True)
+    manifest = data_dir / "manifest.json"
+    source = json.loads(manifest.read_text())["source"] if manifest.is_file() else ""
+    parameters = _chain_parameters(data_dir)
+    files: dict[str, dict] = {}
+
+    def copy(name: str, src: Path) -> None:
+        shutil.copyfile(src, files_dir / name)
+        files[name] = {"sha256": _sha256(files_dir / name), "copied_from": str(src.resolve())}
+
+    ocr_vocabulary = data_dir / "work" / "ocr" / "vocabulary.json"
+    if ocr_vocabulary.is_file():
+        copy("ocr_vocabulary.json", ocr_vocabulary)
+    # The segmenter mixes the training corpus's own words into its statistics (TokenizePosts): the texts it read.
+    segmenter_input = data_dir / "work" / "dedupe" / "posts.jsonl"
+    if segmenter_input.is_file():
+        texts = [r["text"] for r in read_jsonl(segmenter_input)]
+        (files_dir / "segmenter_corpus.json").write_text(json.dumps({"texts": texts}, ensure_ascii=False) + "\n")
+        files["segmenter_corpus.json"] = {"sha256": _sha256(files_dir / "segmenter_corpus.json"),
+                                          "copied_from": str(segmenter_input.resolve())}
+    tokenize = _task_parameters(parameters, "TokenizePosts")
+    filters = _task_parameters(parameters, "FilterPosts")
+    checks = _task_parameters(parameters, "ReleaseImages" if source == "cmkp" else "FetchImages")
+    shard_features = set()
+    for path in train_shards:
+        with h5py.File(path, "r") as f:
+            groups = set(json.loads(f.attrs.get("features", "[]")))
+        shard_features = groups if not shard_features else shard_features & groups
+    groups = {g: shard_group_provenance(train_shards, g) for g in model_groups(config) if g in shard_features}
+    record = {
+        "version": VERSION,
+        "dataset": {"path": str(data_dir.resolve()), "source": source, "pipeline_version": pipeline_version,
+                    "manifest_sha256": _sha256(manifest) if manifest.is_file() else ""},
+        "text": {"tokenized_by": "cmkp-release" if source == "cmkp" else "pipeline.text.PostTokenizer",
+                 "segmenter_corpus": "segmenter_corpus.json" if "segmenter_corpus.json" in files else None,
+                 "segmenter_stats_from": [_file_entry(p) for p in _listed(tokenize.get("segmenter_stats_from"))],
+                 "segmenter_learn_from": [_file_entry(p) for p in _listed(tokenize.get("segmenter_learn_from"))],
+                 "segmenter_mappings": [_file_entry(default_mapping_file())],
+                 "min_tokens": int(tokenize.get("min_tokens", 4)),
+                 "max_hashtags": int(filters.get("max_hashtags", 5)), "language": filters.get("language", "en")},
+        "image_checks": {"max_bytes": int(checks.get("max_bytes", 20 * 1024 * 1024)),
+                         "max_pixels": int(checks.get("max_pixels", 89_478_485)),
+                         "require_jpeg": str(checks.get("require_jpeg", True)).lower() == "true"},
+        "ocr_vocabulary": "ocr_vocabulary.json" if "ocr_vocabulary.json" in files else None,
+        "groups": groups,
+        "random_weights": any(g["random_weights"] for g in groups.values()),
+        "files": files,
+    }
+    tmp = run_dir / (FEATURISATION + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    tmp.replace(run_dir / FEATURISATION)
+    return record
+
+
+# ---- checking -------------------------------------------------------------------------------------------
+
+def _vgg_file(entry: dict) -> Path:
+    import torchvision
+
+    from pipeline.weights import spec_of, weights_file
+    return weights_file(torchvision.models.VGG16_Weights, spec_of(entry["weights"]), "VGG-16 (vgg features)")
+
+
+def _butd_file(entry: dict) -> Path:
+    from pipeline.weights import require_file, spec_of, weights_file
+
+    meta = entry["meta"]
+    if meta.get("backend") == "torchvision":
+        import torchvision.models.detection as detection
+
+        from pipeline.butd.torchvision_backend import DETECTORS
+        enum = getattr(detection, DETECTORS[meta["detector"]])
+        return weights_file(enum, spec_of(entry["weights"]), f"BUTD torchvision backend ({meta['detector']})")
+    return require_file(entry["weights"], f"BUTD {meta.get('backend')} backend", "Use the training run's file.")
+
+
+def _attributes_file(entry: dict) -> Path:
+    from pipeline.weights import require_file
+    return require_file(entry["weights"], "attribute predictor",
+                        "It is the training dataset's OUT/work/attributes/predictor.pt (TrainAttributePredictor).")
+
+
+def _ocr_file(entry: dict) -> Path:
+    from pipeline.weights import require_file
+    tessdata = entry["meta"].get("tessdata", "")
+    return require_file(Path(tessdata, "eng.traineddata"), "Tesseract (ocr features)",
+                        "Install tesseract-ocr (the training run's language data).")
+
+
+# Group -> the weights file its recorded provenance names (None: seeded random weights, nothing to check).
+GROUP_FILES = {"ocr": _ocr_file, "attributes": _attributes_file, "vgg": _vgg_file, "butd": _butd_file}
+
+
+@dataclass
+class Featurisation:
+    """A checked `featurisation.json`: what to compute for new posts, and how."""
+    run_dir: Path
+    record: dict
+    groups: dict[str, dict]                     # group -> recorded provenance, for the groups to compute
+    carried: list[str] = field(default_factory=list)   # groups a CMKP release carried: absent for new posts
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.record["random_weights"])
+
+    def file(self, name: str) -> Path:
+        return self.run_dir / FILES_DIR / name
+
+    def ocr_vocabulary(self) -> set[str]:
+        return set(json.loads(self.file(self.record["ocr_vocabulary"]).read_text())["words"])
+
+    def segmenter_texts(self) -> list[str]:
+        name = self.record["text"]["segmenter_corpus"]
+        return json.loads(self.file(name).read_text())["texts"] if name else []
+
+
+def check_featurisation(run_dir: str | Path, config) -> Featurisation:
+    """The run's featurisation, verified; raises `FeaturisationError` listing every problem found."""
+    run_dir = Path(run_dir)
+    path = run_dir / FEATURISATION
+    if not path.is_file():
+        raise FeaturisationError(
+            f"{path} is missing: the run directory does not say how its training posts were featurised "
+            f"(tokenizer, OCR vocabulary, image weights), so new posts cannot be featurised the same way. "
+            f"Retrain with this version of cmkp-train, which writes it.")
+    record = json.loads(path.read_text())
+    problems = []
+    if record.get("version") != VERSION:
+        problems.append(f"{path}: version {record.get('version')}, this tagger reads {VERSION}")
+    for name, entry in record.get("files", {}).items():
+        copied = run_dir / FILES_DIR / name
+        if not copied.is_file():
+            problems.append(f"{name}: missing, expected at {copied}")
+        elif _sha256(copied) != entry["sha256"]:
+            problems.append(f"{name}: sha256 {_sha256(copied)} at {copied} differs from the recorded "
+                            f"{entry['sha256']}")
+    from pipeline.segment import default_mapping_file
+    for kind in ("segmenter_stats_from", "segmenter_learn_from", "segmenter_mappings"):
+        for entry in record["text"].get(kind, []):
+            # the manual mapping list is this installation's own copy (it moves with the checkout)
+            found = default_mapping_file() if kind == "segmenter_mappings" else Path(entry["path"])
+            if not found.is_file():
+                problems.append(f"hashtag segmenter ({kind}): {found} is missing")
+            elif _sha256(found) != entry["sha256"]:
+                problems.append(f"hashtag segmenter ({kind}): {found} has sha256 {_sha256(found)}, training "
+                                f"used {entry['sha256']}")
+    groups, carried = {}, []
+    for group in model_groups(config):
+        entry = record["groups"].get(group)
+        if entry is None:
+            continue            # the training shards lacked it: the model learned without it
+        if entry["weights"] == CARRIED:
+            carried.append(group)
+            continue
+        if group == "ocr" and not record.get("ocr_vocabulary"):
+            problems.append(f"ocr: the OCR cleaning vocabulary was not recorded (expected "
+                            f"{run_dir / FILES_DIR / 'ocr_vocabulary.json'})")
+        if str(entry["weights"]).startswith("random("):
+            groups[group] = entry       # seeded random weights: rebuilt from the seed
+            continue
+        try:
+            weights = GROUP_FILES[group](entry)
+        except FileNotFoundError as err:
+            problems.append(f"{group}: {err}")
+            continue
+        found = _sha256(weights)
+        if found != entry["weights_sha256"]:
+            problems.append(f"{group}: weights {weights} have sha256 {found}, the training shards' features "
+                            f"came from sha256 {entry['weights_sha256']} ({entry['weights']})")
+            continue
+        groups[group] = entry
+    if problems:
+        raise FeaturisationError(f"{run_dir} cannot featurise new posts as its training posts were:\n  "
+                                 + "\n  ".join(problems))
+    return Featurisation(run_dir, record, groups, carried)

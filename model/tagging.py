@@ -1,0 +1,413 @@
+"""Tagging posts a model never saw: raw text and an optional image in, ranked keyphrases with scores out.
+
+    from model.tagging import Tagger
+    tagger = Tagger.load("build/sample-run", device="cpu")          # checks, then loads everything once
+    tagger.tag([{"id": "1", "text": "sunday morning #coffeetime", "image": "cup.jpg"}, "just text"])
+    # [{"id": "1", "keyphrases": [{"text": "coffee time", "score": 0.93}, ...], "modalities": [...],
+    #   "gold": ["coffee time"]}, {"id": "2", ...}]
+
+Featurisation is the training run's, checked before anything is loaded (`model.provenance`): the posts'
+tokenizer with the run's hashtag segmenter (trailing hashtags removed from the input and kept as `gold`, mid-post
+ones segmented into words), OCR cleaned against the run's vocabulary, VGG / BUTD / attributes rebuilt from the
+shards' recorded weights and settings, and refused where the rebuilt extractor describes itself differently.
+
+A post's image may be a path, an http(s) URL, bytes or a PIL image; it is checked as the pipeline checks images
+(`pipeline.images.validate_image`) and decoded once, and every feature group reads that one decoded image. A post
+without an image, or whose image is rejected, is tagged from its text with the vision modality absent (its
+`modalities` say so, `image_rejected` says why). Identical posts are featurised and ranked once and share the
+answer. All stages run batched: OCR in a process pool kept for the tagger's life, the extractors and the model
+`batch_size` posts at a time on the device.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from model.beam import candidates_batch, rank_scores
+from model.data import MAX_ATTRIBUTES, Post, collate, encode_post
+from model.provenance import Featurisation, FeaturisationError, check_featurisation
+from model.train import CHECKPOINT, load_checkpoint, resolve_device
+
+STAGES = ("decode", "text", "ocr", "attributes", "vgg", "butd", "model")
+# Recorded extractor settings that may differ without changing the features' meaning.
+RUNTIME_KEYS = {"device", "batch_size", "versions", "precision"}
+
+
+@dataclass
+class PreparedPost:
+    """One post after its text and image are read: what the model's featurisation starts from."""
+    id: str
+    tokens: list[str]
+    gold: list[str]
+    image: Any = None                       # decoded RGB PIL image, or None
+    image_key: str = ""                     # sha256 of the image (bytes, or pixels for a PIL image)
+    image_rejected: tuple[str, str] | None = None
+    ocr: list[str] | None = None            # carried OCR tokens (a CMKP release), else computed
+    attributes: list[str] | None = None     # carried attribute words, else computed
+    features: dict[str, Any] = field(default_factory=dict)
+
+
+def _differences(recorded: dict, rebuilt: dict, ignore=frozenset()) -> list[str]:
+    keys = set(recorded) | set(rebuilt)
+    return [f"{k}: recorded {recorded.get(k)!r}, this run {rebuilt.get(k)!r}" for k in sorted(keys - ignore)
+            if recorded.get(k) != rebuilt.get(k)]
+
+
+def _loads(value):
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _device_precision(recorded: str, device: torch.device) -> str:
+    """The recorded precision where this device has it (fp16 needs CUDA; there fp32 stands in)."""
+    return "fp32" if recorded == "fp16" and device.type != "cuda" else recorded
+
+
+class Tagger:
+    """A trained run applied to new posts. `load` once; `tag` as often as needed (no reloading)."""
+
+    def __init__(self, run_dir: Path, model, featurisation: Featurisation, device: torch.device,
+                 extractors: dict[str, Any], tokenizer, ocr_pool, batch_size: int, notes: list[str]):
+        self.run_dir, self.model, self.featurisation, self.device = run_dir, model, featurisation, device
+        self.extractors, self.tokenizer, self.ocr_pool = extractors, tokenizer, ocr_pool
+        self.batch_size = batch_size
+        self.notes = notes
+        self.timings = Counter()           # stage -> wall seconds spent in it, over all `tag` calls
+        self._session = None
+
+    # ---------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto", batch_size: int = 32, ocr_workers: int = 0,
+             threads: int | None = None) -> "Tagger":
+        """Check the run's featurisation (raising `FeaturisationError` naming what differs), then load the model,
+        the tokenizer and the feature extractors the model reads."""
+        run_dir = Path(run_dir)
+        checkpoint = run_dir / CHECKPOINT
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"{checkpoint} is missing: RUN_DIR is a cmkp-train output directory")
+        config = cls._config(checkpoint)
+        featurisation = check_featurisation(run_dir, config)
+        notes = [f"{g}: carried by the CMKP release in training; absent for new posts (no OCR / attribute "
+                 f"model to compute it)" for g in featurisation.carried]
+        # Before torch starts its threads: the OCR workers are forked from this process.
+        ocr_pool = None
+        if "ocr" in featurisation.groups:
+            from pipeline.ocr import OCRPool
+            ocr_pool = OCRPool(ocr_workers, featurisation.groups["ocr"]["meta"]["tessdata"])
+        if threads:
+            torch.set_num_threads(threads)
+        dev = resolve_device(device)
+        try:
+            extractors = {g: cls._build(g, entry, dev, batch_size, notes)
+                          for g, entry in featurisation.groups.items() if g != "ocr"}
+            if "ocr" in featurisation.groups:
+                extractors["ocr"] = cls._ocr(featurisation)
+            model = load_checkpoint(checkpoint, dev)
+            tokenizer = cls._tokenizer(featurisation)
+        except BaseException:
+            if ocr_pool is not None:
+                ocr_pool.close()
+            raise
+        if featurisation.random_weights:
+            notes.append("image features from seeded RANDOM weights (as in training): they identify repeated "
+                         "images, they carry no ImageNet semantics")
+        return cls(run_dir, model, featurisation, dev, extractors, tokenizer, ocr_pool, batch_size, notes)
+
+    @staticmethod
+    def _config(checkpoint: Path):
+        from model.config import ModelConfig
+        return ModelConfig(**torch.load(checkpoint, map_location="cpu", weights_only=True)["config"])
+
+    @staticmethod
+    def _tokenizer(featurisation: Featurisation):
+        from pipeline.segment import build_segmenter
+        from pipeline.text import PostTokenizer
+
+        text = featurisation.record["text"]
+        segmenter = build_segmenter(corpus_texts=featurisation.segmenter_texts(),
+                                    stats_from=[e["path"] for e in text["segmenter_stats_from"]],
+                                    learn_from=[e["path"] for e in text["segmenter_learn_from"]])
+        return PostTokenizer(segmenter)
+
+    @staticmethod
+    def _ocr(featurisation: Featurisation):
+        from pipeline import ocr
+
+        entry = featurisation.groups["ocr"]
+        meta = entry["meta"]
+        vocabulary = featurisation.ocr_vocabulary()
+        rebuilt = {"light_threshold": ocr.LIGHT_THRESHOLD, "dark_threshold": ocr.DARK_THRESHOLD,
+                   "vocabulary_words": len(vocabulary)}
+        differ = [d for d in _differences({k: meta.get(k) for k in rebuilt}, rebuilt)]
+        if differ:
+            raise FeaturisationError(f"ocr: this OCR differs from the training shards': {'; '.join(differ)}")
+        return {"vocabulary": vocabulary, "tokenize": ocr.social_tokenizer(), "clean": ocr.clean_ocr}
+
+    @staticmethod
+    def _build(group: str, entry: dict, device: torch.device, batch_size: int, notes: list[str]):
+        """The group's extractor rebuilt from its recorded provenance; refused where it describes itself
+        differently from the training shards' record."""
+        from pipeline.weights import spec_of
+
+        meta = _loads(entry["meta"])
+        if group == "vgg":
+            from pipeline.vgg import VGGConfig, VGGGridExtractor
+
+            precision = _device_precision(meta["precision"], device)
+            extractor = VGGGridExtractor(VGGConfig(weights=spec_of(entry["weights"]), resize=meta["resize"],
+                                                   precision=precision, batch_size=batch_size, device=str(device)))
+            attrs = extractor.provenance()
+            rebuilt = {"weights": attrs["vgg_weights"], "weights_sha256": attrs["vgg_weights_sha256"],
+                       "meta": json.loads(attrs["vgg_meta"])}
+        elif group == "butd":
+            from pipeline.butd import build_extractor
+
+            rule = meta["box_rule"]
+            kwargs = {"weights": spec_of(entry["weights"]), "device": str(device),
+                      "max_boxes": rule["max_boxes"], "min_boxes": rule["min_boxes"],
+                      "conf_threshold": rule["conf_threshold"], "min_size": meta.get("input_min_size"),
+                      "max_size": meta.get("input_max_size"), "detector": meta.get("detector"),
+                      "precision": _device_precision(meta.get("precision", "auto"), device),
+                      "res5_dilation": "dilation 2" in meta.get("feature", "")}
+            from pipeline.butd import BACKENDS
+            module, name = BACKENDS[meta["backend"]].split(":")
+            import importlib
+            accepted = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+            # Settings recorded under the constructor's own parameter names travel as they are.
+            kwargs.update({k: v for k, v in meta.items() if k in accepted and k not in kwargs})
+            extractor = build_extractor(meta["backend"], **{k: v for k, v in kwargs.items()
+                                                            if k in accepted and v is not None})
+            provenance = dict(extractor.provenance())
+            rebuilt = {"weights": provenance.pop("weights"), "weights_sha256": provenance.pop("weights_sha256")}
+            for key in ("random_weights", "object_vocab", "attribute_vocab"):
+                provenance.pop(key)
+            rebuilt["meta"] = provenance
+        elif group == "attributes":
+            from pipeline.attributes import AttributePredictor
+
+            extractor = AttributePredictor(entry["weights"], device=str(device), batch_size=batch_size)
+            attrs = extractor.provenance_attrs
+            rebuilt = {"weights": entry["weights"], "weights_sha256": attrs["attributes_weights_sha256"],
+                       "meta": json.loads(attrs["attributes_meta"])}
+        else:
+            raise FeaturisationError(f"{group}: no extractor for this feature group")
+        differ = _differences({"weights": entry["weights"], "weights_sha256": entry["weights_sha256"]},
+                              {"weights": rebuilt["weights"], "weights_sha256": rebuilt["weights_sha256"]})
+        # the meta's own `weights` is the spec as typed (`random`, `random:0`): the name above is what counts
+        differ += _differences(meta, rebuilt["meta"], ignore=RUNTIME_KEYS | {"weights"})
+        if differ:
+            raise FeaturisationError(f"{group}: the extractor this run builds differs from the one the training "
+                                     f"shards record: {'; '.join(differ)}")
+        if meta.get("precision") != rebuilt["meta"].get("precision"):
+            notes.append(f"{group}: precision {rebuilt['meta'].get('precision')} (training: "
+                         f"{meta.get('precision')}, not available on {device.type})")
+        return extractor
+
+    def close(self) -> None:
+        if self.ocr_pool is not None:
+            self.ocr_pool.close()
+            self.ocr_pool = None
+
+    def __enter__(self) -> "Tagger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------ what it reads
+    @property
+    def groups(self) -> list[str]:
+        """The feature groups computed for new posts."""
+        return list(self.featurisation.groups)
+
+    @property
+    def random_weights(self) -> bool:
+        return self.featurisation.random_weights
+
+    def describe(self) -> dict:
+        """What the tagger computes and from which weights (for reports)."""
+        return {"run": str(self.run_dir), "config": self.model.config.name, "device": self.device.type,
+                "groups": {g: {"weights": e["weights"], "weights_sha256": e["weights_sha256"]}
+                           for g, e in self.featurisation.groups.items()},
+                "carried_groups_absent": self.featurisation.carried,
+                "random_weights": self.random_weights, "notes": self.notes}
+
+    # ------------------------------------------------------------------------------------------- preparation
+    def prepare(self, post, index: int = 0) -> PreparedPost:
+        """A post (a string, or a dict with `text` and optionally `id`, `image`, `entities`; or pre-tokenized
+        `tokens` with gold `keyphrases` and carried `ocr_tokens` / `attributes`) -> its tokens and image."""
+        if isinstance(post, str):
+            post = {"text": post}
+        start = time.perf_counter()
+        if "tokens" in post:
+            tokens = post["tokens"].split() if isinstance(post["tokens"], str) else list(post["tokens"])
+            gold = list(post.get("keyphrases", []))
+        else:
+            tokens, gold, _ = self.tokenizer.tokenize_post(post.get("text", ""), post.get("entities"))
+        prepared = PreparedPost(id=str(post.get("id", index)), tokens=tokens, gold=gold)
+        for name, column in (("ocr", "ocr_tokens"), ("attributes", "attributes")):
+            if post.get(column):
+                setattr(prepared, name, post[column].split() if isinstance(post[column], str) else post[column])
+        self.timings["text"] += time.perf_counter() - start
+        image = post.get("image")
+        if image is not None and image != "" and self.groups:     # a text-only model never decodes images
+            start = time.perf_counter()
+            self._decode(prepared, image)
+            self.timings["decode"] += time.perf_counter() - start
+        return prepared
+
+    def _decode(self, prepared: PreparedPost, image) -> None:
+        from PIL import Image
+
+        from pipeline.fetch import FetchError, download, make_session, read_local
+        from pipeline.images import GRAYSCALE_MODES, ImageRejected, validate_image
+
+        checks = self.featurisation.record["image_checks"]
+        try:
+            if isinstance(image, Image.Image):
+                if image.mode in GRAYSCALE_MODES:
+                    raise ImageRejected("grayscale", f"mode {image.mode}")
+                rgb = image.convert("RGB")
+                prepared.image, prepared.image_key = rgb, hashlib.sha256(rgb.tobytes()).hexdigest()
+                return
+            if isinstance(image, (bytes, bytearray)):
+                data = bytes(image)
+            elif "://" in str(image):
+                if self._session is None:
+                    self._session = make_session()
+                data = download(self._session, str(image), checks["max_bytes"])
+            else:
+                data = read_local(image, checks["max_bytes"])
+            valid = validate_image(data, max_pixels=checks["max_pixels"], require_jpeg=checks["require_jpeg"])
+            prepared.image, prepared.image_key = valid.image, hashlib.sha256(data).hexdigest()
+        except (FetchError, ImageRejected) as err:
+            prepared.image_rejected = (err.reason, err.detail)
+        except OSError as err:          # a path that cannot be read
+            prepared.image_rejected = ("image_missing", str(err))
+
+    # ----------------------------------------------------------------------------------------------- features
+    def _features(self, posts: list[PreparedPost]) -> None:
+        """Each group's features for the posts' images, computed once per distinct image, batched."""
+        distinct: dict[str, PreparedPost] = {}
+        for p in posts:
+            if p.image is not None:
+                distinct.setdefault(p.image_key, p)
+        keys = list(distinct)
+        images = [distinct[k].image for k in keys]
+        computed: dict[str, list] = {}
+        if not images:
+            return
+        for group in self.groups:
+            start = time.perf_counter()
+            computed[group] = self._group_features(group, images)
+            self.timings[group] += time.perf_counter() - start
+        by_key = {k: {g: values[i] for g, values in computed.items()} for i, k in enumerate(keys)}
+        for p in posts:
+            if p.image is not None:
+                p.features = by_key[p.image_key]
+
+    def _group_features(self, group: str, images: list) -> list:
+        if group == "ocr":
+            ocr = self.extractors["ocr"]
+            texts = self.ocr_pool.read(images)
+            return [ocr["clean"](t, ocr["vocabulary"], ocr["tokenize"]) for t in texts]
+        if group == "attributes":
+            words, _ = self.extractors["attributes"].predict(images)
+            return [w.split()[:MAX_ATTRIBUTES] for w in words]
+        if group == "vgg":
+            grids = self.extractors["vgg"].extract(images)             # (N, 49, 512) float16, as the shards
+            return [(torch.from_numpy(g), g.shape[0]) for g in grids]
+        if group == "butd":
+            extractor = self.extractors["butd"]
+            boxes = extractor.rule.max_boxes
+            out = []
+            for result in extractor.extract(images):
+                k = len(result["boxes"])
+                padded = np.zeros((boxes, result["features"].shape[1]), np.float16)   # as the shards store them
+                padded[:k] = result["features"]
+                out.append((torch.from_numpy(padded), k))
+            return out
+        raise FeaturisationError(f"{group}: no extractor for this feature group")
+
+    # ---------------------------------------------------------------------------------------------- tagging
+    def tag(self, posts: Iterable, top: int | None = None) -> list[dict]:
+        """Ranked keyphrases with scores for each post, in order (see the module docstring)."""
+        prepared = [self.prepare(p, i) for i, p in enumerate(posts)]
+        return self.tag_prepared(prepared, top)
+
+    def tag_prepared(self, prepared: list[PreparedPost], top: int | None = None, progress=None) -> list[dict]:
+        """Results for prepared posts, `batch_size` at a time: their image features, then the model.
+        `progress(done)` is called after each batch."""
+        results, answered = [], {}
+        for start in range(0, len(prepared), self.batch_size):
+            chunk = prepared[start:start + self.batch_size]
+            self._features(chunk)
+            results += self.rank(chunk, top, answered)
+            if progress:
+                progress(len(results))
+        return results
+
+    def rank(self, posts: list[PreparedPost], top: int | None = None, answered: dict | None = None) -> list[dict]:
+        """The model on one batch of posts whose features are computed: ranked keyphrases with scores.
+        Identical inputs are encoded and ranked once; `answered` (model input -> ranking) carries the
+        rankings of earlier batches, so that a duplicate gets the same answer wherever it falls."""
+        start = time.perf_counter()
+        answered = {} if answered is None else answered
+        c = self.model.config
+        top = top or c.n_best
+        n_best = max(c.n_best, top)
+        vision = c.vision if c.vision in self.groups else None
+        keys, encoded, items = [], {}, []
+        for p in posts:
+            ocr = p.ocr if p.ocr is not None else p.features.get("ocr", [])
+            attributes = (p.attributes if p.attributes is not None else p.features.get("attributes", []))
+            image = p.features.get(vision) if vision else None
+            key = (tuple(p.tokens), tuple(ocr), tuple(attributes), p.image_key if image is not None else "")
+            keys.append(key)
+            if key not in answered and key not in encoded:
+                encoded[key] = Post(p.id, p.tokens, ocr, attributes[:MAX_ATTRIBUTES], [], image is not None, 0, 0)
+                items.append((encode_post(encoded[key], len(items), self.model.vocabs, c), image))
+        if items:
+            batch = collate(items).to(self.device)
+            for key, cands in zip(encoded, candidates_batch(self.model, batch)):
+                scores = rank_scores(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight)
+                answered[key] = (encoded[key], list(scores.items())[:n_best])
+        self.timings["model"] += time.perf_counter() - start
+        return [self._result(p, answered[key][0], answered[key][1][:top], vision) for p, key in zip(posts, keys)]
+
+    def _result(self, prepared: PreparedPost, post: Post, ranked: list, vision: str | None) -> dict:
+        c = self.model.config
+        modalities = ["text"] if c.use_text else []
+        if c.image_wordings and post.ocr:
+            modalities.append("ocr")
+        if c.use_attributes and post.attributes:
+            modalities.append("attributes")
+        if vision and post.image_present:
+            modalities.append("vision")
+        result = {"id": prepared.id, "keyphrases": [{"text": kp, "score": round(float(s), 6)} for kp, s in ranked],
+                  "modalities": modalities}
+        if prepared.gold:
+            result["gold"] = prepared.gold
+        if prepared.image_rejected:
+            result["image_rejected"] = {"reason": prepared.image_rejected[0], "detail": prepared.image_rejected[1]}
+        return result
+
+
+def score(results: Sequence[dict]) -> dict:
+    """F1@1, F1@3, MAP@5 (percent) over the results that carry gold keyphrases, and how many did."""
+    from model.metrics import compute_metrics
+
+    scored = [r for r in results if r.get("gold")]
+    if not scored:
+        return {"posts": 0}
+    metrics = compute_metrics([[k["text"] for k in r["keyphrases"]] or [""] for r in scored],
+                              [r["gold"] for r in scored])
+    return {"posts": len(scored), **{k: metrics[k] for k in ("f1@1", "f1@3", "map@5")}}

@@ -1,0 +1,273 @@
+"""Tagging posts a model never saw (model.tagging, pipeline.tag_tasks, cmkp-tag) on a tiny trained run
+(tests/tag_fixture.py): every source into TagPosts, the posts source's JSONL and CSV, posts without or with a
+rejected image, duplicates, scores against the posts' own hashtags, counts reconciling, the refusals, the
+Python API on one post and on a batch, cmkp-tag on standard input, and that tagging featurises a post exactly
+as the training shards did."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import luigi
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from model.provenance import FEATURISATION, FeaturisationError
+from model.tagging import Tagger, score
+from pipeline import shards
+from pipeline.report import StageLog
+from pipeline.sources.posts import read_posts
+from pipeline.tasks import TagPosts
+from tag_fixture import TOPICS, build_runs, gray_jpeg, photo_bytes, topic_posts, write_topic_archive
+from test_api_crawl import TWEETS, server, token  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return build_runs(tmp_path_factory.mktemp("tag"))
+
+
+@pytest.fixture(scope="module")
+def tagger(runs):
+    with Tagger.load(runs["image"], device="cpu", ocr_workers=1, batch_size=8) as t:
+        yield t
+
+
+def tag_posts(runs, source, input_path, out, run="image", **params) -> dict:
+    task = TagPosts(model=str(runs[run]), source=source, input=str(input_path), output=str(out), device="cpu",
+                    ocr_workers=1, **params)
+    assert luigi.build([task], local_scheduler=True, workers=1)
+    lines = [json.loads(line) for line in (out / "tags.jsonl").read_text().splitlines()]
+    report = json.loads((out / "report.json").read_text())
+    assert report["read"] == report["tagged"] + sum(report["rejected"].values()) == len(lines)
+    tagged = {line["id"]: line for line in lines if "keyphrases" in line}
+    assert len(tagged) == report["tagged"]
+    # a rejected record is named by its id (a repeated id: the repeat), or where it was read
+    rejected = [line for line in lines if "rejected" in line]
+    return {"lines": {**{line["id"]: line for line in rejected}, **tagged}, "rejected": rejected, "report": report}
+
+
+def new_posts_file(directory: Path) -> Path:
+    """Posts never seen in training: a topic photo, a duplicate of it under another id, a post without an
+    image, a grayscale image (rejected: tagged from its text), a missing file, a malformed line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "cup.jpg").write_bytes(photo_bytes(TOPICS["CoffeeTime"][0], 7, size=(90, 70)))
+    (directory / "gray.jpg").write_bytes(gray_jpeg())
+    rows = [{"id": "n1", "text": "Such a lovely cup with friends this morning #CoffeeTime", "image": "cup.jpg"},
+            {"id": "n2", "text": "Such a lovely cup with friends this morning #CoffeeTime", "image": "cup.jpg"},
+            {"id": "n3", "text": "No picture, just the night sky and the stars again #DeepSpace"},
+            {"id": "n4", "text": "A grey picture of the kitty having a nap #CatLife", "image": "gray.jpg"},
+            {"id": "n5", "text": "where did the picture go", "image": "nowhere.jpg"}]
+    path = directory / "posts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    return path
+
+
+def test_posts_source_reads_jsonl_and_csv_and_rejects_what_it_cannot_use(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"id": "1", "text": "hello", "image": "x.jpg"}\n[1, 2]\nnope\n'
+                                      '{"text": "no id"}\n{"id": "2"}\n{"id": "1", "text": "again"}\n'
+                                      '{"id": "3", "text": "far", "image": "https://example.invalid/p.jpg"}\n')
+    with open(tmp_path / "b.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerows([["id", "text", "image"], ["4", "from a csv, with a comma", "/abs/y.jpg"],
+                          ["5", "too", "many", "fields"], ["6", "", ""]])
+    log = StageLog("crawl")
+    records = list(read_posts(tmp_path, log))
+    assert [r["id"] for r in records] == ["1", "3", "4"]
+    assert records[0]["media"] == [{"media_key": "image", "type": "photo", "url": "",
+                                    "file": str(tmp_path / "x.jpg")}]
+    assert records[1]["media"][0]["url"] == "https://example.invalid/p.jpg" and not records[1]["media"][0]["file"]
+    assert records[2]["text"] == "from a csv, with a comma" and records[2]["media"][0]["file"] == "/abs/y.jpg"
+    assert log.counts() == {"read": 10, "kept": 3, "rejected": {
+        "duplicate_id": 1, "empty_post": 2, "malformed_json": 1, "missing_id": 1, "unrecognized_line": 2}}
+    assert {r["id"] for r in log.rejects} >= {"a.jsonl:2", "a.jsonl:3", "a.jsonl:4", "b.csv:3", "2", "6"}
+
+
+def test_tagposts_on_new_posts(runs, tmp_path):
+    out = tag_posts(runs, "posts", new_posts_file(tmp_path / "in"), tmp_path / "out")
+    lines, report = out["lines"], out["report"]
+    assert report["read"] == 6 and report["tagged"] == 5 and report["rejected"] == {"malformed_json": 1}
+    assert report["stages"]["crawl"] == {"read": 6, "kept": 5, "rejected": {"malformed_json": 1}}
+    assert lines["posts.jsonl:6"]["rejected"] == "malformed_json"
+    for line in (lines[i] for i in ("n1", "n2", "n3", "n4", "n5")):
+        assert 1 <= len(line["keyphrases"]) <= 10 and all(isinstance(k["score"], float) for k in line["keyphrases"])
+        scores = [k["score"] for k in line["keyphrases"]]
+        assert scores == sorted(scores, reverse=True)
+    # The duplicate gets the same answer; a post without image, or with a rejected one, has no vision.
+    assert lines["n1"]["keyphrases"] == lines["n2"]["keyphrases"]
+    assert "vision" in lines["n1"]["modalities"] and "attributes" in lines["n1"]["modalities"]
+    assert lines["n3"]["modalities"] == ["text"] and "image_rejected" not in lines["n3"]
+    assert lines["n4"]["modalities"] == ["text"] and lines["n4"]["image_rejected"]["reason"] == "grayscale"
+    assert lines["n5"]["image_rejected"]["reason"] == "image_missing"
+    # Trailing hashtags are the gold, kept out of the input; the report scores the posts that had them.
+    assert lines["n1"]["gold"] == ["coffee time"] and "gold" not in lines["n5"]
+    assert report["score"] == score([lines[i] for i in ("n1", "n2", "n3", "n4", "n5")])
+    assert report["score"]["posts"] == 4
+    assert report["modalities"] == {"attributes": 2, "text": 5, "vision": 2}
+    assert report["images_rejected"] == {"grayscale": 1, "image_missing": 1}
+    assert report["tagger"]["random_weights"] is True and "random" in report["random_weights"]
+    assert report["tagger"]["groups"]["vgg"]["weights"] == "random(seed=0)"
+
+
+def test_tagposts_from_csv_with_the_training_filters(runs, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "gray.jpg").write_bytes(gray_jpeg())
+    with open(tmp_path / "in" / "posts.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["id", "text", "image", "lang"],
+                                 ["c1", "a warm latte in the cafe this morning #CoffeeTime", "", "en"],
+                                 ["c2", "too short #CoffeeTime", "", "en"],
+                                 ["c3", "un café très chaud ce matin avec des amis #CoffeeTime", "", "fr"],
+                                 ["c4", "a sleepy kitty on the sofa today #CatLife", "gray.jpg", "en"],
+                                 ["c5", "nothing tagged in this one at all today", "", "en"]])
+    everything = tag_posts(runs, "posts", tmp_path / "in" / "posts.csv", tmp_path / "all")
+    assert everything["report"]["tagged"] == 5                   # no filter by default
+    filtered = tag_posts(runs, "posts", tmp_path / "in" / "posts.csv", tmp_path / "train", filters="train")
+    lines, report = filtered["lines"], filtered["report"]
+    # The posts source has no media type check in FilterPosts' sense: c1's missing image is no_image there.
+    assert report["read"] == 5
+    assert {i: lines[i].get("rejected") for i in lines} == {
+        "c1": "no_image", "c2": "no_image", "c3": "not_english", "c4": "grayscale", "c5": "no_image"}
+    assert report["stages"]["filter"]["rejected"] == {"no_image": 3, "not_english": 1}
+    assert report["stages"]["tag"] == {"read": 1, "kept": 0, "rejected": {"grayscale": 1}}
+
+
+def test_each_source_into_tagposts(runs, tmp_path, server, token):  # noqa: F811  (fixtures)
+    # archive: new posts in a twarc2 archive (one repeated tweet id, rejected by the crawl as in training)
+    archive_posts = topic_posts(n_per_topic=2, start_id=900)
+    archive = write_topic_archive(tmp_path / "archive", archive_posts)
+    with open(archive / "page.jsonl", "a") as f:
+        f.write(json.dumps(archive_posts[0][0]) + "\n")
+    out = tag_posts(runs, "archive", archive, tmp_path / "t-archive")
+    assert out["report"]["tagged"] == 6 and out["report"]["rejected"] == {"duplicate_id": 1}
+    assert [(r["id"], r["stage"]) for r in out["rejected"]] == [("900", "crawl")]
+    assert all("vision" in out["lines"][t["id"]]["modalities"] for t, _, _ in archive_posts)
+    # cmkp: a release directory (its own tokens and keyphrases; no images folder)
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "test_src.txt").write_text("a warm cup in the cafe<sep>coffee time<sep>https://x.invalid/a.jpg\n"
+                                          "broken line\n"
+                                          "stars over the galaxy tonight<sep>deep space;night<sep>\n")
+    out = tag_posts(runs, "cmkp", release, tmp_path / "t-cmkp")
+    assert out["report"]["tagged"] == 2 and out["report"]["rejected"] == {"malformed_line": 1}
+    assert out["lines"]["cmkp-test-2"]["gold"] == ["deep space", "night"]
+    assert out["lines"]["cmkp-test-0"]["modalities"] == ["text"]
+    # api and ids: the loopback API server of test_api_crawl (images over HTTP)
+    with_api = {"CrawlTweets": {"api_base_url": server.url, "token_env": token}}
+    from tag_fixture import luigi_settings
+    with luigi_settings(with_api):
+        out = tag_posts(runs, "api", "#SuperBowl", tmp_path / "t-api")
+        assert out["report"]["tagged"] == len(TWEETS) and not out["report"]["rejected"]
+        assert all("vision" in line["modalities"] for line in out["lines"].values())
+        ids = tmp_path / "ids.txt"
+        ids.write_text("1\n2\n99\n")
+        out = tag_posts(runs, "ids", ids, tmp_path / "t-ids")
+        assert out["report"]["tagged"] == 2 and out["report"]["rejected"] == {"unavailable": 1}
+
+
+def test_refusal_on_a_vgg_weights_file_of_another_checksum(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["image"], run)
+    record = json.loads((run / FEATURISATION).read_text())
+    weights = tmp_path / "vgg16.pth"
+    weights.write_bytes(b"other weights")
+    record["groups"]["vgg"].update(weights=str(weights), weights_sha256="ab" * 32)
+    (run / FEATURISATION).write_text(json.dumps(record))
+    with pytest.raises(FeaturisationError, match=rf"vgg: weights {re.escape(str(weights))} have sha256 "
+                                                 rf"[0-9a-f]{{64}}, .*{'ab' * 32}"):
+        Tagger.load(run, device="cpu")
+    task = TagPosts(model=str(run), source="posts", input=str(new_posts_file(tmp_path / "in")),
+                    output=str(tmp_path / "out"), device="cpu")
+    assert not luigi.build([task], local_scheduler=True, workers=1)
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == []   # no work at all
+
+
+def test_refusal_on_a_missing_attribute_predictor(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["image"], run)
+    record = json.loads((run / FEATURISATION).read_text())
+    record["groups"]["attributes"]["weights"] = str(tmp_path / "gone" / "predictor.pt")
+    (run / FEATURISATION).write_text(json.dumps(record))
+    with pytest.raises(FeaturisationError, match=r"attributes: attribute predictor: .*predictor\.pt.*expected at "
+                                                 + re.escape(str((tmp_path / "gone" / "predictor.pt").resolve()))):
+        Tagger.load(run, device="cpu")
+    # A run without the record at all is refused too, naming the file.
+    (run / FEATURISATION).unlink()
+    with pytest.raises(FeaturisationError, match=re.escape(f"{run / FEATURISATION} is missing")):
+        Tagger.load(run, device="cpu")
+
+
+def test_api_on_one_post_and_a_batch(tagger, tmp_path):
+    data = photo_bytes(TOPICS["CatLife"][0], 3, size=(80, 64))
+    path = tmp_path / "cat.jpg"
+    path.write_bytes(data)
+    text = "The kitty is sleeping again this afternoon #CatLife"
+    (one,) = tagger.tag([{"id": "p", "text": text, "image": str(path)}], top=3)
+    assert one["id"] == "p" and len(one["keyphrases"]) == 3 and "vision" in one["modalities"]
+    batch = tagger.tag([{"id": "bytes", "text": text, "image": data},
+                        {"id": "pil", "text": text, "image": Image.open(io.BytesIO(data))},
+                        "just some words about the stars tonight",
+                        {"id": "p", "text": text, "image": str(path)}], top=3)
+    assert [r["id"] for r in batch] == ["bytes", "pil", "2", "p"]
+    # The same image as a path, bytes or a decoded PIL image, alone or in a batch: the same answer.
+    assert batch[0]["keyphrases"] == batch[3]["keyphrases"]
+    for other in (batch[0], batch[1]):       # batched with other posts: the same ranking, float noise apart
+        assert [k["text"] for k in other["keyphrases"]] == [k["text"] for k in one["keyphrases"]]
+        assert [k["score"] for k in other["keyphrases"]] == pytest.approx([k["score"] for k in one["keyphrases"]],
+                                                                           abs=1e-5)
+    assert batch[2]["modalities"] == ["text"] and "gold" not in batch[2]
+
+
+def test_tagging_featurises_a_post_exactly_as_the_training_shards(runs, tagger):
+    """The training posts, tagged as new posts from the raw archive: the same tokens, OCR tokens, attribute
+    words and VGG grid as their rows in the shards."""
+    rows = {}
+    for split in ("train", "valid", "test"):
+        for path in sorted((runs["data"] / split).glob("shard-*.h5")):
+            data = shards.read_shard(path)
+            for i, post_id in enumerate(data["post_id"]):
+                rows[post_id] = {k: data[k][i] for k in ("tokens", "keyphrases", "ocr_tokens", "attributes", "vgg")}
+    posts = {t["id"]: {"id": t["id"], "text": t["text"], "entities": t["entities"],
+                       "image": str(runs["archive"] / "media" / f"{key}.jpg")}
+             for t, key, _ in topic_posts() if t["id"] in rows}
+    assert len(posts) == 30
+    prepared = [tagger.prepare(p) for p in posts.values()]
+    tagger._features(prepared)
+    for p in prepared:
+        row = rows[p.id]
+        assert " ".join(p.tokens) == row["tokens"] and ";".join(p.gold) == row["keyphrases"]
+        assert " ".join(p.features["ocr"]) == row["ocr_tokens"]
+        assert " ".join(p.features["attributes"]) == row["attributes"]
+        # the same network on the same pixels; only the batch's make-up differs (float noise)
+        np.testing.assert_allclose(p.features["vgg"][0].numpy().astype(np.float32), row["vgg"].astype(np.float32),
+                                   rtol=1e-2, atol=1e-2)
+
+
+def test_a_text_only_model_never_reads_the_images(runs, tmp_path):
+    with Tagger.load(runs["text"], device="cpu") as text_tagger:
+        assert text_tagger.groups == [] and text_tagger.ocr_pool is None
+        (result,) = text_tagger.tag([{"id": "x", "text": "a cup in the cafe #CoffeeTime", "image": "nowhere.jpg"}])
+        assert result["modalities"] == ["text"] and "image_rejected" not in result
+        assert text_tagger.timings["decode"] == 0 and text_tagger.timings["vgg"] == 0
+
+
+def test_cmkp_tag_on_standard_input_with_scores(runs, tmp_path):
+    from model.cli import tag
+
+    stdin = ("Such a lovely cup with friends this morning #CoffeeTime\n"
+             + json.dumps({"id": "s2", "text": "the stars and the galaxy tonight #DeepSpace"}) + "\n"
+             + "{broken\n")
+    result = CliRunner().invoke(tag, ["--model", str(runs["text"]), "--top", "2", "--score",
+                                                      "--device", "cpu"], input=stdin)
+    assert result.exit_code == 0, result.output + result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["id"] for line in lines] == ["1", "s2", "stdin.jsonl:3"]
+    assert all(len(line["keyphrases"]) == 2 for line in lines[:2]) and lines[2]["rejected"] == "malformed_json"
+    assert lines[0]["gold"] == ["coffee time"] and lines[1]["gold"] == ["deep space"]
+    assert "3 posts read: 2 tagged, 1 rejected" in result.stderr
+    assert json.loads(result.stderr.strip().splitlines()[-1]) == score(lines[:2])
