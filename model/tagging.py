@@ -39,7 +39,7 @@ from model.train import CHECKPOINT, load_checkpoint, resolve_device
 
 STAGES = ("decode", "text", "ocr", "attributes", "vgg", "butd", "model")
 # Recorded extractor settings that may differ without changing the features' meaning.
-RUNTIME_KEYS = {"device", "batch_size", "versions", "precision"}
+RUNTIME_KEYS = {"device", "batch_size", "versions", "precision", "precision_requested", "precision_reason"}
 
 
 @dataclass
@@ -94,6 +94,9 @@ class Tagger:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint} is missing: RUN_DIR is a cmkp-train output directory")
         config = cls._config(checkpoint)
+        if getattr(config, "memory_embedding", False):
+            raise FeaturisationError(f"{run_dir}: its keyphrase memory compares sentence embeddings "
+                                     f"(memory_embedding); tagging does not compute the text_embedding group yet")
         featurisation = check_featurisation(run_dir, config)
         notes = [f"{g}: carried by the CMKP release in training; absent for new posts (no OCR / attribute "
                  f"model to compute it)" for g in featurisation.carried]
@@ -159,11 +162,14 @@ class Tagger:
 
         meta = _loads(entry["meta"])
         if group == "vgg":
+            import dataclasses
+
             from pipeline.vgg import VGGConfig, VGGGridExtractor
 
-            precision = _device_precision(meta["precision"], device)
-            extractor = VGGGridExtractor(VGGConfig(weights=spec_of(entry["weights"]), resize=meta["resize"],
-                                                   precision=precision, batch_size=batch_size, device=str(device)))
+            settings = {f.name: meta[f.name] for f in dataclasses.fields(VGGConfig) if f.name in meta}
+            settings.update(weights=spec_of(entry["weights"]), precision=_device_precision(meta["precision"], device),
+                            batch_size=batch_size, device=str(device))
+            extractor = VGGGridExtractor(VGGConfig(**settings))
             attrs = extractor.provenance()
             rebuilt = {"weights": attrs["vgg_weights"], "weights_sha256": attrs["vgg_weights_sha256"],
                        "meta": json.loads(attrs["vgg_meta"])}
@@ -171,10 +177,11 @@ class Tagger:
             from pipeline.butd import build_extractor
 
             rule = meta["box_rule"]
-            kwargs = {"weights": spec_of(entry["weights"]), "device": str(device),
-                      "max_boxes": rule["max_boxes"], "min_boxes": rule["min_boxes"],
+            kwargs = {"weights": spec_of(entry["weights"]), "weights_sha256": entry["weights_sha256"],
+                      "device": str(device), "max_boxes": rule["max_boxes"], "min_boxes": rule["min_boxes"],
                       "conf_threshold": rule["conf_threshold"], "min_size": meta.get("input_min_size"),
                       "max_size": meta.get("input_max_size"), "detector": meta.get("detector"),
+                      "num_proposals": meta.get("proposals", {}).get("rpn_post_nms_top_n"),
                       "precision": _device_precision(meta.get("precision", "auto"), device),
                       "res5_dilation": "dilation 2" in meta.get("feature", "")}
             from pipeline.butd import BACKENDS
@@ -184,7 +191,7 @@ class Tagger:
             # Settings recorded under the constructor's own parameter names travel as they are.
             kwargs.update({k: v for k, v in meta.items() if k in accepted and k not in kwargs})
             extractor = build_extractor(meta["backend"], **{k: v for k, v in kwargs.items()
-                                                            if k in accepted and v is not None})
+                                                            if k in accepted and v not in (None, "")})
             provenance = dict(extractor.provenance())
             rebuilt = {"weights": provenance.pop("weights"), "weights_sha256": provenance.pop("weights_sha256")}
             for key in ("random_weights", "object_vocab", "attribute_vocab"):
@@ -193,7 +200,8 @@ class Tagger:
         elif group == "attributes":
             from pipeline.attributes import AttributePredictor
 
-            extractor = AttributePredictor(entry["weights"], device=str(device), batch_size=batch_size)
+            extractor = AttributePredictor(entry["weights"], device=str(device), batch_size=batch_size,
+                                           precision=_device_precision(meta.get("precision", "auto"), device))
             attrs = extractor.provenance_attrs
             rebuilt = {"weights": entry["weights"], "weights_sha256": attrs["attributes_weights_sha256"],
                        "meta": json.loads(attrs["attributes_meta"])}
@@ -283,7 +291,7 @@ class Tagger:
             elif "://" in str(image):
                 if self._session is None:
                     self._session = make_session()
-                data = download(self._session, str(image), checks["max_bytes"])
+                data = download(self._session, str(image), checks["max_bytes"], timeout=20.0)
             else:
                 data = read_local(image, checks["max_bytes"])
             valid = validate_image(data, max_pixels=checks["max_pixels"], require_jpeg=checks["require_jpeg"])
@@ -374,7 +382,7 @@ class Tagger:
             keys.append(key)
             if key not in answered and key not in encoded:
                 encoded[key] = Post(p.id, p.tokens, ocr, attributes[:MAX_ATTRIBUTES], [], image is not None, 0, 0)
-                items.append((encode_post(encoded[key], len(items), self.model.vocabs, c), image))
+                items.append((encode_post(encoded[key], len(items), self.model.vocabs, c), image, None))
         if items:
             batch = collate(items).to(self.device)
             for key, cands in zip(encoded, candidates_batch(self.model, batch)):
