@@ -3,7 +3,8 @@ authors' way (fp32, NCHW, batch 1, torch.no_grad), same images, same (random) we
 
     .venv/bin/python benchmarks/bench_vgg.py [--images 16] [--threads 1] [--precision auto|fp32|bf16]
 Prints which precision ours ran in and why (pipeline/precision.py: bf16 only on a CPU with native bf16),
-seconds per image for both, the speed ratio, and the cosine similarity of our grids to fp32.
+CPU seconds per image for both (time.process_time: one thread, so other processes on a shared machine inflate
+it less than wall time), the speed ratio, and the cosine similarity of our grids to fp32.
 """
 import argparse
 import time
@@ -34,17 +35,17 @@ def main():
     baseline_net = ours.net.to(memory_format=torch.contiguous_format)
     with torch.no_grad():
         baseline_net(batch[:1])                            # warm-up
-        start = time.perf_counter()
+        start = time.process_time()
         reference = [baseline_net(x[None]) for x in batch]
-        baseline_s = (time.perf_counter() - start) / len(images)
+        baseline_s = (time.process_time() - start) / len(images)
     reference = torch.cat(reference).permute(0, 2, 3, 1).reshape(len(images), 49, 512).numpy()
 
     ours.net = ours.net.to(memory_format=torch.channels_last)
     ours.forward(batch[:2])                                # warm-up
-    start = time.perf_counter()
+    start = time.process_time()
     grids = np.concatenate([ours.forward(batch[i:i + args.batch_size])
                             for i in range(0, len(batch), args.batch_size)])
-    ours_s = (time.perf_counter() - start) / len(images)
+    ours_s = (time.process_time() - start) / len(images)
 
     a, b = grids.reshape(len(images), -1).astype(np.float64), reference.reshape(len(images), -1).astype(np.float64)
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -54,10 +55,10 @@ def main():
     precision = ours.precision
     print(f"images={len(images)} threads={args.threads} batch={args.batch_size} (preprocessing excluded)")
     print(f"precision {precision.requested} -> {precision.name} ({precision.reason})")
-    print(f"baseline fp32 NCHW batch 1 no_grad : {baseline_s:.4f} s/image")
-    print(f"ours {precision.name} channels-last batched    : {ours_s:.4f} s/image")
+    print(f"baseline fp32 NCHW batch 1 no_grad : {baseline_s:.4f} CPU-s/image")
+    print(f"ours {precision.name} channels-last batched    : {ours_s:.4f} CPU-s/image")
     print(f"speed ratio ours/baseline          : {baseline_s / ours_s:.2f}x (ours in {precision.name}, "
-          f"{precision.requested} chose it)")
+          f"{'auto chose it' if precision.requested == 'auto' else 'requested'})")
     print(f"cosine to fp32 per image           : min {cosine.min():.6f} mean {cosine.mean():.6f} (target >= 0.999)")
     print(f"cosine to fp32 per region vector   : min {region_cos.min():.6f} mean {region_cos.mean():.6f}")
 

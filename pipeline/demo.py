@@ -7,8 +7,11 @@ Steps, each the command a user would type (the log shows each one as it starts):
     pipeline  luigi --module pipeline.tasks BuildDataset --source archive --input build/sample-src
                 --output build/sample --local-scheduler --workers 2      (with LUIGI_CONFIG_PATH=demo.cfg)
     train     cmkp-train --data build/sample --config gen-cls-m3h-att --out build/sample-run --epochs N ...
+    tag       cmkp-tag --model build/sample-run --input build/sample-src/new-posts/posts.jsonl
+                --out build/sample-run/new-posts-tags.jsonl --top 3
 
-The pipeline runs in this process (Luigi forks a process per task), so that a handler can time every task in
+The new posts are the sample generator's, never in the archive the model was trained on. The pipeline runs
+in this process (Luigi forks a process per task), so that a handler can time every task in
 wall and CPU seconds; the other steps are subprocesses. The demo's sizes (images, proposals, boxes, the
 attribute predictor) live in demo.cfg, the training's below.
 """
@@ -19,9 +22,11 @@ import json
 import os
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +43,7 @@ class DemoConfig:
     config: str = "gen-cls-m3h-att"
     epochs: int = 4              # few: the memory ranking scores well from the first epoch
     seed: int = 1
+    top: int = 3                 # keyphrases shown per tagged new post
 
     @property
     def corpus(self) -> Path:
@@ -52,8 +58,25 @@ class DemoConfig:
         return self.out / "sample-run"
 
     @property
+    def new_posts(self) -> Path:
+        return self.corpus / "new-posts" / "posts.jsonl"
+
+    @property
+    def tags(self) -> Path:
+        return self.run / "new-posts-tags.jsonl"
+
+    @property
     def timings(self) -> Path:
         return self.out / "demo-timings.jsonl"
+
+
+def console_script(name: str) -> str:
+    """A console script of this installation: beside the running Python (a virtual environment's bin/), else on
+    PATH."""
+    found = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if found is None:
+        raise FileNotFoundError(f"{name} is not installed beside {sys.executable} nor on PATH (make install)")
+    return found
 
 
 def cpu_seconds() -> float:
@@ -87,7 +110,10 @@ def time_luigi_tasks(path: Path) -> None:
 
 
 class StepFailed(RuntimeError):
-    pass
+    """A step's command failed (its output is in the log)."""
+
+    def __str__(self):
+        return f"step {self.args[0]} failed"
 
 
 class Demo:
@@ -114,10 +140,14 @@ class Demo:
         self.subprocess_step("corpus", [python, str(ROOT / "data" / "make_sample_corpus.py"), "--out", str(c.corpus)])
         self.step("pipeline", ["env", f"LUIGI_CONFIG_PATH={DEMO_CONFIG.relative_to(ROOT)}", "luigi",
                                *self.pipeline_args()], self.pipeline)
+        threads = str(os.cpu_count() or 1)
         self.subprocess_step("train", [
-            str(Path(python).parent / "cmkp-train"), "--data", str(c.dataset), "--config", c.config,
-            "--out", str(c.run), "--epochs", str(c.epochs), "--seed", str(c.seed), "--device", "auto",
-            "--allow-random-features", "--quiet", "--threads", str(os.cpu_count() or 1)])
+            console_script("cmkp-train"), "--data", str(c.dataset), "--config", c.config, "--out", str(c.run),
+            "--epochs", str(c.epochs), "--seed", str(c.seed), "--device", "auto", "--allow-random-features",
+            "--quiet", "--threads", threads])
+        self.subprocess_step("tag", [
+            console_script("cmkp-tag"), "--model", str(c.run), "--input", str(c.new_posts), "--out", str(c.tags),
+            "--top", str(c.top), "--threads", threads])
 
     def pipeline_args(self) -> list[str]:
         c = self.config
@@ -172,9 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         Demo(config, log_path).run()
-    except StepFailed as failed:
+    except Exception as error:             # a failed step, or one that could not start: both end in the log
+        if not isinstance(error, StepFailed):
+            traceback.print_exc()
         sys.stdout.flush()
-        terminal.write(f"step {failed} FAILED; the last lines of {log_path}:\n{log_tail(log_path)}\n")
+        sys.stderr.flush()
+        terminal.write(f"make demo FAILED ({error}); the last lines of {log_path}:\n{log_tail(log_path)}\n")
         return 1
     from pipeline.summary import demo_summary
 

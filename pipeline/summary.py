@@ -3,7 +3,7 @@
 Reads only what the pipeline and `cmkp-train` wrote (report.json, the split manifests, the shards' provenance,
 metrics.json) and prints the counts per stage (read = kept + rejected, by reason), the shards per split with
 their feature groups, the precision the image models ran in, and the trained model's scores. `demo_summary`
-adds the demo's timings (pipeline.demo).
+adds the demo's tagged new posts and its timings (pipeline.demo).
 """
 from __future__ import annotations
 
@@ -89,10 +89,30 @@ def run_lines(run: Path) -> list[str]:
     return lines
 
 
+def tag_lines(tags: Path, corpus: Path, width: int = 100) -> list[str]:
+    """The tagged new posts: each post's text, its modalities and top keyphrases, and the keyphrase the sample
+    generator wrote it about (expected.json's new_posts)."""
+    about = json.loads((corpus / "expected.json").read_text(encoding="utf-8"))["new_posts"]
+    lines = [f"new posts tagged ({tags}; in brackets: what the sample generator wrote each one about)"]
+    for line in tags.read_text(encoding="utf-8").splitlines():
+        result = json.loads(line)
+        post = about.get(result["id"], {})
+        text = post.get("text", "")
+        lines.append(f"  {result['id']} \"{text if len(text) <= width else text[:width - 3] + '...'}\"")
+        if "rejected" in result:
+            lines.append(f"      rejected: {result['rejected']} ({result.get('detail', '')})")
+            continue
+        keyphrases = ", ".join(f"{k['text']} {k['score']:.2f}" for k in result["keyphrases"])
+        lines.append(f"      {'+'.join(result['modalities'])} -> {keyphrases or '(none)'}"
+                     f"  [{post.get('keyphrase', '?')}]")
+    return lines
+
+
 def demo_summary(config, log_path: Path, total_seconds: float) -> str:
     """The summary `make demo` ends with (config: a pipeline.demo.DemoConfig)."""
     lines = ["", "== summary =="] + dataset_lines(config.dataset) + precision_lines(config.dataset)
-    lines += run_lines(config.run) + timing_lines(config.timings, total_seconds)
+    lines += run_lines(config.run) + tag_lines(config.tags, config.corpus)
+    lines += timing_lines(config.timings, total_seconds)
     lines.append(f"full log: {log_path}")
     return "\n".join(lines)
 

@@ -42,6 +42,15 @@ def _demo_outputs(tmp_path):
                                                    "precision_reason": reason})
     (config.run / "metrics.json").write_text(json.dumps({"valid": {"f1@1": 50.0, "f1@3": 30.0, "map@5": 60.0},
                                                          "test": {"f1@1": 40.0, "f1@3": 20.0, "map@5": 45.5}}))
+    config.corpus.mkdir()
+    long_text = "a long post " * 20
+    (config.corpus / "expected.json").write_text(json.dumps({"new_posts": {
+        "new-01": {"text": "Look what I found today", "keyphrase": "cat life"},
+        "new-02": {"text": long_text, "keyphrase": "sunset"}}}))
+    config.tags.write_text(
+        json.dumps({"id": "new-01", "keyphrases": [{"text": "cat life", "score": 0.914}, {"text": "tbt", "score": 0.02}],
+                    "modalities": ["text", "ocr", "attributes", "vision"]}) + "\n"
+        + json.dumps({"id": "new-02", "rejected": "empty_post", "detail": "no text and no image"}) + "\n")
     lines = [{"step": "corpus", "wall_s": 14.0, "cpu_s": 5.0}]
     lines += [{"step": "pipeline", "task": f"Task{i % 12}", "split": "train", "wall_s": 1.0 + i, "cpu_s": 0.5 * i}
               for i in range(40)]
@@ -61,6 +70,14 @@ def test_demo_summary_is_short_and_names_counts_precision_scores_timing_and_the_
     assert ("  image models ran in vgg fp32, butd fp32, attributes fp32 (auto: CPU without native bf16 (torch "
             "reports AVX2, no AVX512-BF16 or AMX): bf16 would be emulated)") in lines
     assert "  test   F1@1  40.00  F1@3  20.00  MAP@5  45.50" in lines
+    # The tagged new posts: text, modalities, ranked keyphrases with scores, what the generator meant.
+    tagged_at = lines.index(f"new posts tagged ({config.tags}; in brackets: what the sample generator wrote each "
+                            f"one about)")
+    assert lines[tagged_at + 1:tagged_at + 5] == [
+        '  new-01 "Look what I found today"',
+        "      text+ocr+attributes+vision -> cat life 0.91, tbt 0.02  [cat life]",
+        '  new-02 "' + ("a long post " * 20)[:97] + '..."',
+        "      rejected: empty_post (no text and no image)"]
     # Steps in order with wall and CPU seconds; inside the pipeline the costliest task families first, the
     # rest folded into one line; then the total and where the full log is.
     assert "  corpus                          14.0      5.0" in lines
