@@ -58,3 +58,13 @@ def test_log_tail_is_the_last_lines(tmp_path):
     log = tmp_path / "demo.log"
     log.write_text("".join(f"line {i}\n" for i in range(100)))
     assert demo.log_tail(log, 3) == "line 97\nline 98\nline 99"
+
+
+def test_console_scripts_are_found_beside_python_or_on_path(tmp_path, monkeypatch):
+    script = tmp_path / "cmkp-example"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert demo.console_script("cmkp-example") == str(script)
+    with pytest.raises(FileNotFoundError, match="cmkp-missing is not installed beside .* nor on PATH"):
+        demo.console_script("cmkp-missing")
