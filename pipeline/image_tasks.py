@@ -93,6 +93,7 @@ class RunOCR(ImageFeatureShard):
     """Tesseract OCR of a shard's images (process pool) and the paper's cleaning."""
 
     group = "ocr"
+    resources = {"cpu": 1}      # its pool takes every core of the host (luigi.cfg [resources])
     workers = luigi.IntParameter(default=0, significant=False, description="OCR processes (0: all cores)")
     tessdata = luigi.Parameter(default="/usr/share/tesseract-ocr/5/tessdata", description="Tesseract language data")
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from pipeline.cluster import loopback_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTS = 512
@@ -74,33 +74,10 @@ def reference(corpus, tmp_path_factory) -> dict[str, bytes]:
 
 @pytest.fixture
 def luigid(tmp_path):
-    """A central scheduler on a free loopback port, its state in tmp_path; dead workers are noticed after 2 s
-    and their tasks retried after 1 s (the defaults, 60 s and 900 s, suit a cluster, not a test)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = tmp_path / "luigid.cfg"
-    config.write_text("[scheduler]\nworker_disconnect_delay = 2\nretry_delay = 1\n")
-    (tmp_path / "luigid-logs").mkdir()
-    server = subprocess.Popen(
-        [sys.executable, "-c", "import luigi.cmdline; luigi.cmdline.luigid()", "--address", "127.0.0.1",
-         "--port", str(port), "--state-path", str(tmp_path / "luigid-state"), "--logdir", str(tmp_path / "luigid-logs")],
-        cwd=tmp_path, env={**environment(), "LUIGI_CONFIG_PATH": str(config)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/task_list", timeout=1) as response:
-                response.read()
-            break
-        except OSError as error:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("luigid did not start") from error
-            time.sleep(0.2)
-    yield port
-    server.terminate()
-    server.wait(timeout=10)
+    """Dead workers are noticed after 2 s and their tasks retried after 1 s (the defaults, 60 s and 900 s,
+    suit a cluster, not a test)."""
+    with loopback_scheduler(tmp_path / "luigid", "[scheduler]\nworker_disconnect_delay = 2\nretry_delay = 1\n") as port:
+        yield port
 
 
 def start_worker(corpus: Path, out: Path, port: int, log: Path) -> subprocess.Popen:
