@@ -350,9 +350,10 @@ class LengthBatches(torch.utils.data.Sampler):
     """Batches of posts of similar source length (less padding in the GRU). Shuffled: posts are shuffled,
     sorted by length within windows of 50 batches, cut into batches, and the batches shuffled."""
 
-    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0):
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0, share=None):
         self.lengths, self.batch_size, self.shuffle = lengths, batch_size, shuffle
         self.rng = random.Random(seed)
+        self.share = share          # global batch -> this process's posts of it (data-parallel training)
 
     def __iter__(self):
         order = list(range(len(self.lengths)))
@@ -365,7 +366,7 @@ class LengthBatches(torch.utils.data.Sampler):
             batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         if self.shuffle:
             self.rng.shuffle(batches)
-        return iter(batches)
+        return iter(batches if self.share is None else [self.share(b) for b in batches])
 
     def __len__(self) -> int:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
@@ -379,6 +380,6 @@ class LengthBatches(torch.utils.data.Sampler):
         self.rng.setstate((version, tuple(internal), gauss))
 
 
-def make_loader(dataset: PostDataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0):
-    sampler = LengthBatches([len(e.src) for e in dataset.examples], batch_size, shuffle, seed)
+def make_loader(dataset: PostDataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0, share=None):
+    sampler = LengthBatches([len(e.src) for e in dataset.examples], batch_size, shuffle, seed, share)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers)

@@ -68,6 +68,9 @@ class Ranks:
             dist.barrier()
 
 
+ONE_PROCESS = Ranks()      # training without torchrun
+
+
 def global_term_scale(local: dict[str, int], ranks: Ranks) -> dict[str, float]:
     """Weights of the loss terms of one rank's share of a global batch.
 
@@ -78,3 +81,23 @@ def global_term_scale(local: dict[str, int], ranks: Ranks) -> dict[str, float]:
     names = sorted(local)
     totals = ranks.sum([float(local[name]) for name in names])
     return {name: local[name] * ranks.world / total if total else 0.0 for name, total in zip(names, totals)}
+
+
+def sync_buffers(model: torch.nn.Module, ranks: Ranks, skip: str = "memory.") -> None:
+    """Rank 0's buffers (normalisation statistics, the aggregation weight) on every rank, so that every rank
+    validates the model rank 0 saves; the keyphrase memory is built identically on every rank and skipped."""
+    if ranks.world == 1:
+        return
+    for name, buffer in model.named_buffers():
+        if not name.startswith(skip):
+            dist.broadcast(buffer, src=0)
+
+
+def data_parallel(model: torch.nn.Module, ranks: Ranks):
+    """The module training calls: `model` itself on one process, its DistributedDataParallel wrapper on several
+    (built again whenever the set of parameters that learn changes)."""
+    if ranks.world == 1:
+        return model
+    # Not every parameter takes part in every batch (absent modalities); buffers are synchronised before
+    # validation instead of at every forward (sync_buffers).
+    return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True, broadcast_buffers=False)

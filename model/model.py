@@ -353,11 +353,13 @@ class KeyphraseModel(nn.Module):
         return dist.squeeze(1).clamp(min=1e-12).log(), state
 
     # ------------------------------------------------------------------------------------------------- loss
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, term_scale: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
         """Training losses: classification NLL per keyphrase with a known label (mean), generation NLL per
         keyphrase (sum over its tokens, mean over keyphrases); loss = cls + gamma x gen (Eq. 12), plus
-        topic_weight x the topic model's loss when the config has one."""
+        topic_weight x the topic model's loss when the config has one. `term_scale` weights the terms in the
+        total (data-parallel training: model/distributed.py); the counts they average over: `loss_counts`."""
         c = self.config
+        scale = term_scale or {}
         enc = self.encode(batch)
         losses = {}
         total = 0.0
@@ -366,7 +368,7 @@ class KeyphraseModel(nn.Module):
             logits = enc.cls_logits[batch.kp_post[known]]
             cls = F.cross_entropy(logits, batch.labels[known]) if known.any() else logits.sum() * 0.0
             losses["cls"] = cls
-            total = total + cls
+            total = total + cls * scale.get("cls", 1.0)
         if c.generator:
             rows = enc.select(batch.kp_post)                                # one row per (post, keyphrase)
             emb_in = self.emb_drop(self.embedding(batch.dec_in))           # [N, T, E]
@@ -375,9 +377,21 @@ class KeyphraseModel(nn.Module):
             nll = -dist.gather(2, batch.dec_out.unsqueeze(-1)).squeeze(-1).clamp(min=1e-12).log()   # [N, T]
             gen = (nll * (batch.dec_out != PAD)).sum(1).mean()
             losses["gen"] = gen
-            total = total + c.gamma * gen
+            total = total + c.gamma * gen * scale.get("gen", 1.0)
         if c.topics:                                                        # the topic model's ELBO, per post
             losses["topic"] = enc.topic_loss.mean()
-            total = total + c.topic_weight * losses["topic"]
+            total = total + c.topic_weight * losses["topic"] * scale.get("topic", 1.0)
         losses["loss"] = total
         return losses
+
+    def loss_counts(self, batch: Batch) -> dict[str, int]:
+        """How many items each term of `forward`'s loss averages over in `batch`."""
+        c = self.config
+        counts = {}
+        if c.classifier:
+            counts["cls"] = int((batch.labels > 0).sum())
+        if c.generator:
+            counts["gen"] = len(batch.kp_post)
+        if c.topics:
+            counts["topic"] = len(batch.index)
+        return counts

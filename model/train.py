@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from model.beam import candidates_batch, ensemble_rank, label_candidates, rank, 
 from model.checkpoint import atomic_file, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.data import PostDataset, Split, Vocabularies, check_text_embedding, make_loader, read_split, split_names
+from model.distributed import ONE_PROCESS, Ranks, data_parallel, global_term_scale, sync_buffers
 from model.memory import KeyphraseMemory
 from model.metrics import HEADLINE, compute_metrics
 from model.model import KeyphraseModel
@@ -240,19 +242,26 @@ class NonFiniteError(RuntimeError):
 
 
 def train_epoch(model: KeyphraseModel, loader, optimizer, config: ModelConfig, device, epoch: int,
-                progress: bool) -> dict:
+                progress: bool, ranks: Ranks = ONE_PROCESS, module=None) -> dict:
     """One pass over the training batches -> mean losses per post, CPU and wall seconds (and the batches
-    skipped for a non-finite loss or gradient, when the config skips them)."""
+    skipped for a non-finite loss or gradient, when the config skips them). On several ranks `module` is the
+    model's DistributedDataParallel wrapper and each batch is this rank's share of a global batch."""
     model.train()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     sums, n_posts, skipped = {}, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False, unit="batch")
     for number, batch in enumerate(bar, 1):
         batch = batch.to(device)
-        losses = model(batch)
+        if ranks.world > 1:
+            losses = module(batch, global_term_scale(model.loss_counts(batch), ranks))
+        else:
+            losses = model(batch)
         optimizer.zero_grad(set_to_none=True)
         fault = None
-        if not torch.isfinite(losses["loss"]):
+        finite = bool(torch.isfinite(losses["loss"]))
+        if ranks.world > 1:         # every rank skips the step together, or none does
+            finite = ranks.sum([float(not finite)])[0] == 0
+        if not finite:
             fault = f"loss {losses['loss'].item()}"
         else:
             losses["loss"].backward()
@@ -274,6 +283,10 @@ def train_epoch(model: KeyphraseModel, loader, optimizer, config: ModelConfig, d
             sums[k] = sums.get(k, 0.0) + v.item() * len(batch.index)
         bar.set_postfix(loss=f"{losses['loss'].item():.3f}",
                         posts_s=f"{n_posts / (time.perf_counter() - wall0):.0f}")
+    if ranks.world > 1:
+        names = sorted(sums)
+        *totals, n_posts = ranks.sum([sums[k] for k in names] + [n_posts])
+        sums = dict(zip(names, totals))
     record = {f"train_{k}": v / max(n_posts, 1) for k, v in sums.items()}
     if config.on_nonfinite == "skip":
         record["skipped_batches"] = skipped
@@ -282,17 +295,23 @@ def train_epoch(model: KeyphraseModel, loader, optimizer, config: ModelConfig, d
 
 # ---------------------------------------------------------------------------------------------- validation
 @torch.no_grad()
-def split_candidates(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int = 64) -> list:
-    """Generator, classifier and memory candidates for every post of the dataset, in the split's order."""
+def split_candidates(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int = 64,
+                     ranks: Ranks = ONE_PROCESS) -> list:
+    """Generator, classifier and memory candidates for every post of the dataset, in the split's order (on
+    several ranks each decodes a share of the batches, and every rank gets them all)."""
     model.eval()
     if model.memory is not None and model.memory.embedding_weight:
         check_text_embedding(model.memory.embedding_provenance, dataset.split.text_embedding_provenance,
                              f"split {dataset.split.name!r}")
     out: list = [None] * len(dataset)
-    for batch in make_loader(dataset, batch_size, shuffle=False):
+    decoded = []
+    for number, batch in enumerate(make_loader(dataset, batch_size, shuffle=False)):
+        if number % ranks.world != ranks.rank:
+            continue
         batch = batch.to(device)
-        for i, cands in zip(batch.index.tolist(), candidates_batch(model, batch)):
-            out[i] = cands
+        decoded += zip(batch.index.tolist(), candidates_batch(model, batch))
+    for i, cands in ranks.gather(decoded):
+        out[i] = cands
     return out
 
 
@@ -356,13 +375,18 @@ def select_rank_weight(model: KeyphraseModel, candidates: list, split: Split) ->
 
 
 @torch.no_grad()
-def validation_loss(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int) -> float:
+def validation_loss(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int,
+                    ranks: Ranks = ONE_PROCESS) -> float:
     model.eval()
     total, n = 0.0, 0
-    for batch in make_loader(dataset, batch_size, shuffle=False):
+    for number, batch in enumerate(make_loader(dataset, batch_size, shuffle=False)):
+        if number % ranks.world != ranks.rank:
+            continue
         batch = batch.to(device)
         total += model(batch)["loss"].item() * len(batch.index)
         n += len(batch.index)
+    if ranks.world > 1:
+        total, n = ranks.sum([total, n])
     return total / max(n, 1)
 
 
@@ -374,10 +398,11 @@ class Validation:
     decode_s: float
 
 
-def validate(model: KeyphraseModel, data: Data, device, config: ModelConfig) -> Validation:
-    loss = validation_loss(model, data.datasets["valid"], device, config.batch_size)
+def validate(model: KeyphraseModel, data: Data, device, config: ModelConfig, ranks: Ranks = ONE_PROCESS) -> Validation:
+    sync_buffers(model, ranks)
+    loss = validation_loss(model, data.datasets["valid"], device, config.batch_size, ranks)
     t0 = time.perf_counter()
-    candidates = split_candidates(model, data.datasets["valid"], device, config.batch_size)
+    candidates = split_candidates(model, data.datasets["valid"], device, config.batch_size, ranks)
     weights, metrics = select_rank_weight(model, candidates, data.splits["valid"])
     return Validation(loss, metrics, weights, time.perf_counter() - t0)
 
@@ -397,6 +422,12 @@ def write_json(path: Path, obj) -> None:
 
 
 # ---------------------------------------------------------------------------------------- training state
+def training_loader(data: Data, config: ModelConfig, seed: int, ranks: Ranks):
+    """The shuffled training batches; on several ranks, this rank's share of each global batch."""
+    return make_loader(data.datasets["train"], config.batch_size, shuffle=True, seed=seed,
+                       share=ranks.share if ranks.world > 1 else None)
+
+
 def rng_states(loader) -> dict:
     """Every random-number stream training draws from, as plain values (loadable without pickle)."""
     name, key, pos, has_gauss, gauss = np.random.get_state()
@@ -428,14 +459,16 @@ class TrainingState:
     history: list[dict]
 
     @classmethod
-    def fresh(cls, config: ModelConfig, data: Data, seed: int, device, glove: str | None, log) -> "TrainingState":
+    def fresh(cls, config: ModelConfig, data: Data, seed: int, device, glove: str | None, log,
+              ranks: Ranks = ONE_PROCESS) -> "TrainingState":
         model = build_model(config, data, device, glove, log)
         optimizer, scheduler = build_optimizer(model, config)
-        loader = make_loader(data.datasets["train"], config.batch_size, shuffle=True, seed=seed)
+        loader = training_loader(data, config, seed, ranks)
         return cls(model, optimizer, scheduler, loader, Schedule.of(config), [])
 
     @classmethod
-    def resume(cls, path: Path, config: ModelConfig, data: Data, seed: int, device) -> "TrainingState":
+    def resume(cls, path: Path, config: ModelConfig, data: Data, seed: int, device,
+               ranks: Ranks = ONE_PROCESS) -> "TrainingState":
         saved = checkpoint.load(path)
         if saved["seed"] != seed:
             raise ValueError(f"{path}: the run was trained with seed {saved['seed']}, not {seed}: cannot resume it")
@@ -452,7 +485,7 @@ class TrainingState:
         optimizer, scheduler = build_optimizer(model, config)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        loader = make_loader(data.datasets["train"], config.batch_size, shuffle=True, seed=seed)
+        loader = training_loader(data, config, seed, ranks)
         restore_rng_states(saved["rng"], loader)
         return cls(model, optimizer, scheduler, loader, schedule, saved["history"])
 
@@ -499,29 +532,40 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
           device: str = "auto", glove: str | None = None, allow_random_features: bool = False,
           log=print, progress: bool = True, resume: bool = False) -> dict:
     """Train, select and evaluate; `resume` continues the run of `out_dir` from its last finished epoch (a run
-    directory without one starts afresh). Returns the scores of every split but train."""
+    directory without one starts afresh). Returns the scores of every split but train. Launched by torchrun,
+    it trains on every rank (model/distributed.py) and rank 0 alone writes the run directory."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
+    if dev.type == "cuda" and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(dev)
+    ranks = Ranks.from_environment(dev)
+    if not ranks.main:
+        log, progress = (lambda message: None), False
     set_seed(seed)
     data = load_data(data_dir, config, allow_random_features)
     if config.memory_embedding and config.tune_rank_weight:
         config = select_memory_embedding_weight(config, data, dev, log)
     state_path = out_dir / TRAINING_STATE
     if resume and state_path.exists():
-        state = TrainingState.resume(state_path, config, data, seed, dev)
+        state = TrainingState.resume(state_path, config, data, seed, dev, ranks)
         log(f"resuming {out_dir} after epoch {state.schedule.epoch}")
     else:
         if resume:
             log(f"{out_dir} has no {TRAINING_STATE}: nothing to resume, starting afresh")
-        clear_run_files(out_dir, log)
-        state = TrainingState.fresh(config, data, seed, dev, glove, log)
+        if ranks.main:
+            clear_run_files(out_dir, log)
+        state = TrainingState.fresh(config, data, seed, dev, glove, log, ranks)
     model = state.model
-    # how new posts must be featurised to be tagged by this run (model/provenance.py)
-    write_featurisation(data_dir, out_dir, config, data.splits["train"].shard_paths)
+    if ranks.main:
+        # how new posts must be featurised to be tagged by this run (model/provenance.py)
+        write_featurisation(data_dir, out_dir, config, data.splits["train"].shard_paths)
+    module = data_parallel(model, ranks)
     log(f"config {config.name}: {sum(p.numel() for p in model.parameters()):,} parameters; vocab "
         f"{len(data.vocabs.words)} words, {len(data.vocabs.gen)} generator words, {len(data.vocabs.labels)} labels; "
-        + ", ".join(f"{n} {len(s.posts)} posts" for n, s in data.splits.items()) + f"; device {dev}")
+        + ", ".join(f"{n} {len(s.posts)} posts" for n, s in data.splits.items()) + f"; device {dev}"
+        + (f"; {ranks.world} ranks" if ranks.world > 1 else ""))
 
     while (step := state.schedule.begin_epoch()) is not None:
         epoch, starts_stage2 = step
@@ -530,8 +574,9 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
             log(f"stage 2 from epoch {epoch}: classifier aggregation on (b = {config.agg_weight})")
             if config.freeze_classifier:
                 state.optimizer, state.scheduler = build_optimizer(model, config)
-        fit = train_epoch(model, state.loader, state.optimizer, config, dev, epoch, progress)
-        val = validate(model, data, dev, config)
+                module = data_parallel(model, ranks)
+        fit = train_epoch(model, state.loader, state.optimizer, config, dev, epoch, progress, ranks, module)
+        val = validate(model, data, dev, config, ranks)
         state.scheduler.step(val.loss)
         weights = dict(zip(("rank_cls_weight", "rank_mem_weight"), val.weights))
         record = {"epoch": epoch, "agg_weight": float(model.agg_weight),
@@ -542,21 +587,25 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
                   "train_wall_s": fit["train_wall_s"],
                   "decode_posts_per_s": len(data.splits["valid"].posts) / val.decode_s}
         state.history.append(record)
-        with atomic_file(out_dir / "train.log", "w") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in state.history))
+        if ranks.main:
+            with atomic_file(out_dir / "train.log", "w") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in state.history))
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         criterion = val.metrics["f1@1"] if config.select_on == "f1@1" else -val.loss
-        if state.schedule.end_epoch(criterion):
+        if state.schedule.end_epoch(criterion) and ranks.main:
             save_checkpoint(model, out_dir / CHECKPOINT, {"epoch": epoch, "seed": seed},
                             config=dataclasses.replace(config, **weights))
         if state.schedule.stopped:
             log(f"early stop: no DEV improvement for {state.schedule.stale} epochs")
-        state.save(state_path, seed)
+        if ranks.main:
+            state.save(state_path, seed)
 
-    metrics, best_config = evaluate_best(out_dir, data, state.schedule, seed, dev, config.batch_size)
-    write_json(out_dir / "run.json", {"config": best_config.to_dict(), "seed": seed,
-                                      "best_epoch": state.schedule.best_epoch, "history": state.history})
-    write_json(out_dir / "metrics.json", metrics)
-    log(f"best epoch {state.schedule.best_epoch}: " + "; ".join(
-        f"{n} F1@1 {m['f1@1']:.2f} F1@3 {m['f1@3']:.2f} MAP@5 {m['map@5']:.2f}" for n, m in metrics.items()))
-    return metrics
+    metrics = None
+    if ranks.main:
+        metrics, best_config = evaluate_best(out_dir, data, state.schedule, seed, dev, config.batch_size)
+        write_json(out_dir / "run.json", {"config": best_config.to_dict(), "seed": seed,
+                                          "best_epoch": state.schedule.best_epoch, "history": state.history})
+        write_json(out_dir / "metrics.json", metrics)
+        log(f"best epoch {state.schedule.best_epoch}: " + "; ".join(
+            f"{n} F1@1 {m['f1@1']:.2f} F1@3 {m['f1@3']:.2f} MAP@5 {m['map@5']:.2f}" for n, m in metrics.items()))
+    return ranks.broadcast(metrics)
