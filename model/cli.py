@@ -157,3 +157,8 @@ def tag(run_dir, input_file, out_file, top, device, score, batch_size, ocr_worke
                + "".join(f"; {note}" for note in tagger.notes), err=True)
     if score:
         click.echo(json.dumps(score_results(results)), err=True)
+# `python -m model.cli train ...`: the form torchrun launches (`torchrun --nproc-per-node N -m model.cli train ...`)
+main = click.Group(commands={"train": train, "predict": predict, "tag": tag})
+
+if __name__ == "__main__":
+    main()
