@@ -133,14 +133,14 @@ def tag(run_dir, input_file, out_file, top, device, score, batch_size, ocr_worke
     try:
         tagger = Tagger.load(run_dir, device=device, batch_size=batch_size, ocr_workers=ocr_workers)
     except (FeaturisationError, WeightsNotFoundError, FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e))
+        raise click.ClickException(str(e)) from e
     with tagger, tempfile.TemporaryDirectory() as tmp:
         source, base = (_stdin_posts(Path(tmp)), Path.cwd()) if input_file == "-" else (input_file, None)
         log = StageLog("crawl")
         try:
             records = list(read_posts(source, log, base=base))
         except (FileNotFoundError, ValueError) as e:
-            raise click.ClickException(str(e))
+            raise click.ClickException(str(e)) from e
         posts = [{"id": r["id"], "text": r["text"],
                   "image": (r["media"][0]["file"] or r["media"][0]["url"]) if r["media"] else None} for r in records]
         results = tagger.tag(posts, top=top)
@@ -157,6 +157,8 @@ def tag(run_dir, input_file, out_file, top, device, score, batch_size, ocr_worke
                + "".join(f"; {note}" for note in tagger.notes), err=True)
     if score:
         click.echo(json.dumps(score_results(results)), err=True)
+
+
 # `python -m model.cli train ...`: the form torchrun launches (`torchrun --nproc-per-node N -m model.cli train ...`)
 main = click.Group(commands={"train": train, "predict": predict, "tag": tag})
 
