@@ -67,7 +67,7 @@ def main():
         images = {p.image_key: p.image for p in prepared if p.image is not None}
         for group in ("ocr", "attributes", "vgg", "butd"):
             if group in tagger.groups:
-                _, stages[group] = timed(lambda: [tagger._group_features(group, list(images.values())[i:i + args.batch_size])
+                _, stages[group] = timed(lambda group=group: [tagger._group_features(group, list(images.values())[i:i + args.batch_size])
                                                   for i in range(0, len(images), args.batch_size)])
         for start in range(0, n, args.batch_size):          # the features, for the model stage alone
             tagger._features(prepared[start:start + args.batch_size])
@@ -95,7 +95,7 @@ def main():
     total = sum(stages.values())
     print(f"{args.model} ({config}, reads {', '.join(groups) or 'text only'}); {n} photo posts of {args.corpus}; "
           f"{len(images)} distinct images; device {args.device}\n")
-    print(f"| stage | seconds | ms per post |\n|---|---:|---:|")
+    print("| stage | seconds | ms per post |\n|---|---:|---:|")
     for stage, seconds in stages.items():
         print(f"| {stage} | {seconds:.2f} | {1000 * seconds / n:.1f} |")
     for group in ("ocr", "attributes", "vgg", "butd"):
