@@ -85,7 +85,8 @@ def test_posts_source_reads_jsonl_and_csv_and_rejects_what_it_cannot_use(tmp_pat
     assert records[1]["media"][0]["url"] == "https://example.invalid/p.jpg" and not records[1]["media"][0]["file"]
     assert records[2]["text"] == "from a csv, with a comma" and records[2]["media"][0]["file"] == "/abs/y.jpg"
     assert log.counts() == {"read": 10, "kept": 3, "rejected": {
-        "duplicate_id": 1, "empty_post": 2, "malformed_json": 1, "missing_id": 1, "unrecognized_line": 2}}
+        "duplicate_id": 1, "empty_post": 2, "malformed_json": 1, "missing_id": 1, "not_an_object": 1,
+        "unrecognized_line": 1}}
     assert {r["id"] for r in log.rejects} >= {"a.jsonl:2", "a.jsonl:3", "a.jsonl:4", "b.csv:3", "2", "6"}
 
 

@@ -5,18 +5,24 @@ file's directory unless absolute, or an http(s) URL), and optionally `lang`.
 record of the shape the archive source gives (`pipeline.sources.archive.post_record`), its image as the one
 photo of `media` (`file` for a path, `url` for a URL), so that every later stage treats it like a tweet.
 
-Rejected rows (the stage log's reasons): `malformed_json` (a JSONL line that is not JSON), `unrecognized_line`
-(not an object, or a CSV row with more fields than the header), `missing_id`, `empty_post` (no text and no
-image), `duplicate_id` (an id read before). Rows without an id are named `file:line` in the log.
+Lines are read through `pipeline.sources.records` (a length cap, strict UTF-8, guarded JSON) and every field is
+type-checked, so a bad row is rejected and the rest are read. Rejected rows (the stage log's reasons): those of
+`pipeline.sources.records` (`line_too_long`, `invalid_utf8`, `malformed_json`, `json_too_deep`,
+`number_too_long`, `wrong_type` for an `id` that is not a string or an integer or a `text`/`image`/`lang` that
+is not a string, `lone_surrogate`, `nul_character`), `not_an_object` (a JSONL line whose JSON is not an
+object), `malformed_csv` (a CSV row csv cannot parse, e.g. a field over its size limit), `unrecognized_line`
+(a CSV row with more fields than the header), `missing_id`, `empty_post` (no text and no image),
+`duplicate_id` (an id read before). Rejected rows are named `file:line` in the log (an empty post or a
+duplicate by its id).
 """
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Iterator
 
 from pipeline.report import StageLog
+from pipeline.sources.records import BadRecord, capped_lines, field, json_type, parse_json, string_fault
 
 SUFFIXES = (".jsonl", ".csv")
 
@@ -33,44 +39,72 @@ def post_files(path: str | Path) -> list[Path]:
     return files
 
 
+def _csv_lines(path: Path, log: StageLog, position: list[int]) -> Iterator[str]:
+    """A CSV file's lines for csv.reader, read through `capped_lines`; a line too long or not UTF-8 is
+    rejected here and left out. `position[0]`: the number of the last line handed out (csv's own count
+    would skip the lines left out)."""
+    for number, line in capped_lines(path):
+        position[0] = number
+        if isinstance(line, BadRecord):
+            log.reject(f"{path.name}:{number}", line.reason, line.detail)
+            continue
+        yield line + "\n"
+
+
 def _rows(path: Path, log: StageLog) -> Iterator[tuple[str, dict]]:
     """(where, row) pairs of one file; lines that are not rows are rejected here."""
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        if path.suffix.lower() == ".csv":
-            reader = csv.DictReader(f)
-            for row in reader:
-                where = f"{path.name}:{reader.line_num}"
-                if None in row:                      # more fields than the header names
-                    log.reject(where, "unrecognized_line", f"{len(row) - 1 + len(row[None])} fields, header has "
-                                                          f"{len(reader.fieldnames)}")
-                    continue
-                yield where, {k: v for k, v in row.items() if v is not None}
-            return
-        for number, line in enumerate(f, 1):
-            where = f"{path.name}:{number}"
-            if not line.strip():
-                continue
+    if path.suffix.lower() == ".csv":
+        position = [0]
+        reader = csv.DictReader(_csv_lines(path, log, position))
+        while True:
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                log.reject(where, "malformed_json", str(err))
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:  # a field over csv's size limit, an unterminated quote
+                log.reject(f"{path.name}:{position[0]}", "malformed_csv", str(err))
                 continue
-            if not isinstance(row, dict):
-                log.reject(where, "unrecognized_line", f"a JSON {type(row).__name__}, not an object")
+            where = f"{path.name}:{position[0]}"
+            if None in row:                      # more fields than the header names
+                log.reject(where, "unrecognized_line", f"{len(row) - 1 + len(row[None])} fields, header has "
+                                                      f"{len(reader.fieldnames)}")
                 continue
-            yield where, row
+            yield where, {k: v for k, v in row.items() if v is not None}
+        return
+    for number, line in capped_lines(path):
+        where = f"{path.name}:{number}"
+        if isinstance(line, BadRecord):
+            log.reject(where, line.reason, line.detail)
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = parse_json(line)
+        except BadRecord as err:
+            log.reject(where, err.reason, err.detail)
+            continue
+        if not isinstance(row, dict):
+            log.reject(where, "not_an_object", f"the line's JSON is {json_type(row)}")
+            continue
+        yield where, row
 
 
-def post_record(row: dict, base: Path) -> dict:
-    image = str(row.get("image") or "").strip()
+def post_record(row: dict, base: Path, where: str = "row") -> dict:
+    """The post record of one row, or BadRecord: a field of the wrong type (`wrong_type`), a string that
+    cannot be stored (`lone_surrogate`, `nul_character`)."""
+    record_id = field(row, "id", (str, int), where, required=True)
+    text, image, lang = (field(row, name, str, where, default="") for name in ("text", "image", "lang"))
+    image = image.strip()
     media = []
     if image:
         is_url = "://" in image
         file = "" if is_url else str(Path(image) if Path(image).is_absolute() else base / image)
         media.append({"media_key": "image", "type": "photo", "url": image if is_url else "", "file": file})
-    return {"id": str(row["id"]).strip(), "text": str(row.get("text") or ""), "lang": str(row.get("lang") or ""),
-            "author_id": "", "created_at": "", "is_retweet": False,
-            "entities": {"hashtags": [], "urls": [], "mentions": []}, "media": media}
+    record = {"id": str(record_id).strip(), "text": text, "lang": lang, "author_id": "", "created_at": "",
+              "is_retweet": False, "entities": {"hashtags": [], "urls": [], "mentions": []}, "media": media}
+    if fault := string_fault(record):
+        raise fault
+    return record
 
 
 def read_posts(path: str | Path, log: StageLog, base: str | Path | None = None) -> Iterator[dict]:
@@ -82,7 +116,11 @@ def read_posts(path: str | Path, log: StageLog, base: str | Path | None = None) 
             if not str(row.get("id") or "").strip():
                 log.reject(where, "missing_id", "a row needs an id")
                 continue
-            record = post_record(row, Path(base) if base is not None else file.parent)
+            try:
+                record = post_record(row, Path(base) if base is not None else file.parent, where)
+            except BadRecord as err:
+                log.reject(where, err.reason, err.detail)
+                continue
             if not record["text"].strip() and not record["media"]:
                 log.reject(record["id"], "empty_post", f"no text and no image ({where})")
             elif record["id"] in seen:

@@ -195,3 +195,30 @@ def test_an_id_file_with_bad_and_repeated_lines(tmp_path):
     assert read_ids(path, log) == ["1", "2", "3"]
     assert [(r["id"], r["reason"]) for r in log.rejects] == [
         ("ids.txt:3", "not_an_id"), ("1", "duplicate_id"), ("ids.txt:6", "invalid_utf8"), ("ids.txt:7", "not_an_id")]
+
+
+def test_posts_files_jsonl_and_csv(tmp_path):
+    from pipeline.sources.posts import read_posts
+
+    (tmp_path / "a.jsonl").write_bytes(b"".join([
+        b'{"id": "p1", "text": "a good post"}\n',
+        b'{"id": {"n": 2}, "text": "id an object"}\n',
+        b'{"id": "p3", "text": 3}\n',
+        b'{"id": "p4", "text": "x", "n": ' + b"9" * 5000 + b"}\n",
+        b'["p5", "a top-level array"]\n',
+        b'{"id": "p6", "text": "caf\xe9"}\n',
+        b'{"id": "p7", "text": "half a pair \\ud800"}\n',
+        b'{"id": "p1", "text": "again"}\n',
+        b'{"id": 8, "text": "an integer id is fine"}\n',
+    ]))
+    big_field = "y" * 200_000  # over csv's field size limit
+    (tmp_path / "b.csv").write_bytes(b"id,text\n" + b"c1,fine\n" + f'c2,"{big_field}"\n'.encode()
+                                     + b"c3,caf\xe9\n" + b"c4,also fine\n")
+    log = StageLog("crawl")
+    assert [r["id"] for r in read_posts(tmp_path, log)] == ["p1", "8", "c1", "c4"]
+    assert [(r["id"], r["reason"]) for r in log.rejects] == [
+        ("a.jsonl:2", "wrong_type"), ("a.jsonl:3", "wrong_type"), ("a.jsonl:4", "number_too_long"),
+        ("a.jsonl:5", "not_an_object"), ("a.jsonl:6", "invalid_utf8"), ("a.jsonl:7", "lone_surrogate"),
+        ("p1", "duplicate_id"), ("b.csv:3", "malformed_csv"), ("b.csv:4", "invalid_utf8")]
+    assert [r["detail"] for r in log.rejects if r["id"] == "p1"] == ["seen before (a.jsonl:8)"]
+    assert log.counts()["read"] == 13
