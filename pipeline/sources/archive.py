@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from pipeline.report import StageLog
-from pipeline.sources.records import BadRecord, capped_lines, field, json_type, objects, parse_json, string_fault
+from pipeline.sources.records import (BadRecord, capped_lines, field, json_objects, json_type, objects,
+                                      string_fault)
 
 ID_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
 ENTITY_KINDS = ("hashtags", "urls", "mentions")
@@ -141,20 +142,7 @@ def read_lines(lines: Iterable[tuple[str, str | BadRecord]], log: StageLog, file
     """Records from `(where, line)` pairs (`where` names the line in rejections; a BadRecord in place of the
     line is rejected with its reason), duplicates rejected."""
     seen: set[str] = set()
-    for where, line in lines:
-        if isinstance(line, BadRecord):
-            log.reject(where, line.reason, line.detail)
-            continue
-        if not line.strip():
-            continue
-        try:
-            obj = parse_json(line)
-        except BadRecord as err:
-            log.reject(where, err.reason, err.detail)
-            continue
-        if not isinstance(obj, dict):
-            log.reject(where, "not_an_object", f"the line's JSON is {json_type(obj)}")
-            continue
+    for where, obj in json_objects(lines, log):
         found = page_tweets(obj)
         if found is None:
             log.reject(where, "unrecognized_line", "neither an API v2 page nor a tweet")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.report import StageLog
-from pipeline.sources.records import BadRecord, capped_lines, field, json_type, parse_json, string_fault
+from pipeline.sources.records import BadRecord, capped_lines, field, json_objects, string_fault
 
 SUFFIXES = (".jsonl", ".csv")
 
@@ -71,22 +71,7 @@ def _rows(path: Path, log: StageLog) -> Iterator[tuple[str, dict]]:
                 continue
             yield where, {k: v for k, v in row.items() if v is not None}
         return
-    for number, line in capped_lines(path):
-        where = f"{path.name}:{number}"
-        if isinstance(line, BadRecord):
-            log.reject(where, line.reason, line.detail)
-            continue
-        if not line.strip():
-            continue
-        try:
-            row = parse_json(line)
-        except BadRecord as err:
-            log.reject(where, err.reason, err.detail)
-            continue
-        if not isinstance(row, dict):
-            log.reject(where, "not_an_object", f"the line's JSON is {json_type(row)}")
-            continue
-        yield where, row
+    yield from json_objects(((f"{path.name}:{number}", line) for number, line in capped_lines(path)), log)
 
 
 def post_record(row: dict, base: Path, where: str = "row") -> dict:

@@ -12,13 +12,14 @@ Every source reads its files through `capped_lines` and, for JSON, `parse_json`;
     nul_character    a string holding U+0000, which the HDF5 shards cannot store
     wrong_type       a field of the wrong JSON type (detail: where, what it is, what was expected)
     missing_field    a required field absent (detail: where)
+    not_an_object    a JSONL line whose JSON is not an object (`json_objects`)
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 MAX_LINE_BYTES = 64 * 1024 * 1024  # far above a twarc2 page of 100 tweets with their expansions (~1 MB)
 MAX_NUMBER_DIGITS = 100  # tweet ids have 19 digits; a longer integer is an attack or a corruption
@@ -82,6 +83,26 @@ def parse_json(text: str):
         raise BadRecord("json_too_deep", "nesting too deep for the parser") from None
     except json.JSONDecodeError as err:
         raise BadRecord("malformed_json", str(err)) from None
+
+
+def json_objects(lines: Iterable[tuple[str, str | BadRecord]], log) -> Iterator[tuple[str, dict]]:
+    """(where, object) for each JSONL line that holds a JSON object; every other non-blank line (a BadRecord
+    from `capped_lines`, bad JSON, JSON that is not an object) is rejected into `log` (a StageLog) by `where`."""
+    for where, line in lines:
+        if isinstance(line, BadRecord):
+            log.reject(where, line.reason, line.detail)
+            continue
+        if not line.strip():
+            continue
+        try:
+            obj = parse_json(line)
+        except BadRecord as err:
+            log.reject(where, err.reason, err.detail)
+            continue
+        if not isinstance(obj, dict):
+            log.reject(where, "not_an_object", f"the line's JSON is {json_type(obj)}")
+            continue
+        yield where, obj
 
 
 def string_fault(value, where: str = "") -> BadRecord | None:
