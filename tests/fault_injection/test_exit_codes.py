@@ -58,3 +58,12 @@ def test_a_dependency_that_cannot_be_scheduled_exits_non_zero():
     for task in ("RequiresRaises", "DependsOnAFailure"):
         done = luigi("--module", "failing_tasks", task)
         assert done.returncode == SCHEDULING_ERROR, (task, done.stderr[-2000:])
+
+
+def test_tagging_with_a_missing_model_or_input_exits_non_zero(tmp_path):
+    (tmp_path / "posts.jsonl").write_text('{"id": "1", "text": "a post to tag"}\n')
+    for model, posts in ((tmp_path / "no-run", tmp_path / "posts.jsonl"), (tmp_path, tmp_path / "none.jsonl")):
+        done = luigi("--module", "pipeline.tasks", "TagPosts", "--model", str(model), "--source", "posts",
+                     "--input", str(posts), "--output", str(tmp_path / "tags"))
+        assert done.returncode != 0, done.stderr[-2000:]
+        assert not (tmp_path / "tags" / "tags.jsonl").exists()
