@@ -66,3 +66,20 @@ def test_an_image_that_takes_too_long_is_cut_at_its_deadline(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline.ocr"):
         assert ocr.read_images([str(tmp_path / "noise.png")], workers=1, timeout=0.05) == [""]
     assert "deadline for 1 of 1 images" in caplog.text
+
+
+def crash_on_red(image: Image.Image) -> tuple[str, bool]:
+    """A stand-in for reading a decoded image in a worker, killed on a red one."""
+    if image.getpixel((0, 0)) == (255, 0, 0):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "text", False
+
+
+def test_the_taggers_long_lived_pool_fails_the_same_way(monkeypatch):
+    monkeypatch.setattr(ocr, "_read_decoded", crash_on_red)
+    monkeypatch.setattr(ocr, "_init_worker", lambda tessdata, timeout: None)
+    images = [Image.new("RGB", (8, 8), (0, 0, 255))] * 6 + [Image.new("RGB", (8, 8), (255, 0, 0))]
+    with ocr.OCRPool(workers=2) as pool:
+        assert pool.read(images[:6]) == ["text"] * 6
+        with pytest.raises(ocr.OCRWorkerDied):
+            pool.read(images)
