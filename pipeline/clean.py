@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
+from pipeline.faults import kill_point
 from pipeline.fetch import FetchError, ImageJournal, ImageStore, read_local, sniff
 from pipeline.images import ImageRejected, NearDuplicateIndex, dhash, validate_image
 from pipeline.report import StageLog
@@ -85,6 +86,7 @@ def journaled_image(journal: ImageJournal, key: str, read: Callable[[], bytes], 
     outcome = journal.get(key)
     if outcome is None:
         outcome = check_image(key, read, journal.store, max_pixels, require_jpeg)
+        kill_point("image_checked")  # stored (if valid), not yet journaled
         journal.add(outcome)
     return outcome
 

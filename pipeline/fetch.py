@@ -13,7 +13,6 @@ import hashlib
 import ipaddress
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -23,6 +22,9 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
+
+from pipeline.atomic import TMP_MARK, write_bytes, write_text
+from pipeline.faults import kill_point
 
 DEFAULT_DEADLINE = 120.0  # seconds for one whole download, however slowly its bytes come (FetchImages' default)
 MAX_REDIRECTS = 5
@@ -209,17 +211,13 @@ class ImageStore:
         relative = f"images/{sha[:2]}/{sha}.{ext}"
         path = self.root / relative
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write-then-rename: a killed run never leaves a partial image under its final name.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{sha}-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_bytes(path, data)  # a killed run never leaves a partial image under its final name
         return sha, relative
+
+    def remove_leftovers(self) -> None:
+        """Remove the temporary files of killed writers (only the stage that owns the store may call this)."""
+        for leftover in self.root.glob(f"images/*/.*{TMP_MARK}*"):
+            leftover.unlink(missing_ok=True)
 
 
 class ImageJournal:
@@ -230,9 +228,11 @@ class ImageJournal:
     written under other parameters is discarded. Each further line is one outcome:
         {"key", "sha256", "path", "size": [w, h], "dhash"}     stored in the ImageStore
         {"key", "reason", "detail", "retry"}                   rejected
-    Outcomes are buffered and appended `batch` at a time with one write and an fsync. A line torn by a kill in
-    the middle of a write is cut off when the journal is next opened. `get` forgets a rejection marked `retry`
-    (a network error may pass) and a stored outcome whose file has gone from the store, so both are redone.
+    Outcomes are buffered and appended `batch` at a time with one write and an fsync. When the journal is next
+    opened, everything from its first line that is not a whole journal line on is cut off (a line torn by a kill
+    in the middle of a write, or the NUL bytes a power cut can leave where a write had not reached the disk):
+    those outcomes are redone. `get` forgets a rejection marked `retry` (a network error may pass) and a stored
+    outcome whose file has gone from the store, so both are redone.
     """
 
     def __init__(self, path: str | Path, store: ImageStore, parameters: dict, batch: int = 50):
@@ -247,32 +247,41 @@ class ImageJournal:
         if self.path.exists() and not self._load(header):
             self.path.unlink()  # written under other parameters: its outcomes do not apply
         if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._append([header])
+            write_text(self.path, json.dumps(header, sort_keys=True) + "\n")
 
     def _load(self, header: dict) -> bool:
-        """Read the outcomes of an existing journal; False if it was written under other parameters."""
+        """Read the outcomes of an existing journal, cutting off a bad tail; False if it was written under other
+        parameters (or its header is lost)."""
         data = self.path.read_bytes()
-        complete = data[:data.rfind(b"\n") + 1]
-        if len(complete) < len(data):
-            with open(self.path, "r+b") as f:  # a line torn by a kill: drop it
-                f.truncate(len(complete))
-        lines = complete.decode("utf-8").splitlines()
-        if not lines or json.loads(lines[0]) != header:
-            return False
-        for number, line in enumerate(lines[1:], 2):
+        good, lines = 0, []
+        for line in data.split(b"\n")[:-1]:  # the part after the last newline is torn
             try:
-                outcome = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{self.path}:{number} is not a journal line ({err}); delete the file to "
-                                 f"start the stage's images afresh") from None
+                entry = json.loads(line.decode("utf-8"))
+            except ValueError:  # NUL bytes, a torn line, bytes that are not UTF-8
+                break
+            if not isinstance(entry, dict) or (lines and not isinstance(entry.get("key"), str)):
+                break
+            lines.append(entry)
+            good += len(line) + 1
+        if not lines or lines[0] != header:
+            return False
+        if good < len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        for outcome in lines[1:]:
             self.outcomes[outcome["key"]] = outcome
         return True
 
     def _append(self, lines: list[dict]) -> None:
         payload = "".join(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n" for line in lines)
+        payload = payload.encode("utf-8")
         with open(self.path, "ab") as f:
-            f.write(payload.encode("utf-8"))
+            # Two writes with a kill point between them: the fault tests tear a line here.
+            f.write(payload[:len(payload) // 2])
+            f.flush()
+            kill_point("journal_write")
+            f.write(payload[len(payload) // 2:])
             f.flush()
             os.fsync(f.fileno())
 

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from pipeline import __version__
+from pipeline.faults import kill_point
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")  # a dataset's splits (OUT/{split}/), in this order
@@ -101,6 +102,7 @@ def write_shard(path: str | Path, columns: Mapping[str, Any], attrs: Mapping[str
             chunks = (1,) + array.shape[1:] if n and array.ndim > 1 else None
             # track_times=False: the same input must give byte-identical shards.
             f.create_dataset(name, data=array, dtype=column_dtype(name), chunks=chunks, track_times=False)
+        kill_point("hdf5_write")  # the fault tests stop a write here, its file still open
         base = {
             "format_version": FORMAT_VERSION,
             "pipeline_version": __version__,
@@ -181,6 +183,7 @@ def write_feature_shard(path: str | Path, group: str, post_ids, columns: Mapping
         for name, array in arrays.items():
             chunks = (1,) + array.shape[1:] if n and array.ndim > 1 else None
             f.create_dataset(name, data=array, dtype=column_dtype(name), chunks=chunks, track_times=False)
+        kill_point("hdf5_write")
         f.attrs["feature_group"] = group
         for key, value in attrs.items():
             f.attrs[key] = json.dumps(value) if isinstance(value, (dict, list, tuple)) else value

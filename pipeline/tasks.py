@@ -20,11 +20,12 @@ from pathlib import Path
 import luigi
 
 from pipeline import __version__, shards
-from pipeline.atomic import DurableTarget
+from pipeline.atomic import DurableTarget, remove_stale_temporaries
+from pipeline.faults import kill_point
 from pipeline.report import check_counts, iter_rejects, load_counts
 from pipeline.sources import SOURCES
 from pipeline.text_tasks import (  # noqa: F401  (re-exported: luigi --module pipeline.tasks finds every task)
-    SOURCE_GRAPHS, CrawlTweets, DatasetTask, DedupeImages, FetchImages, FilterHashtags, FilterPosts,
+    SOURCE_GRAPHS, CrawlTweets, DatasetTask, DedupeImages, GuardedTask, FetchImages, FilterHashtags, FilterPosts,
     ReleaseFeatureShard, ReleaseImages, ShardTask, SourceGraph, SplitPosts, StageTask, TextShard, TokenizePosts,
     chain_parameters, read_jsonl, read_plan, shard_name,
 )
@@ -193,6 +194,7 @@ class Report(DatasetTask):
 
     def run(self):
         stages = {}
+        remove_stale_temporaries(self.path("rejects.jsonl"))  # a second file of this task's, under its lock
         with DurableTarget(str(self.path("rejects.jsonl"))).temporary_path() as tmp, \
                 open(tmp, "w", encoding="utf-8") as out:
             for stage, target in self.input()["stages"].items():
@@ -222,7 +224,7 @@ class DatasetDirectoryParameter(luigi.Parameter):
         return self.Directory(x)
 
 
-class BuildDataset(luigi.Task):
+class BuildDataset(GuardedTask):
     """The whole dataset in `--output`: final shards and manifests per split, vocab, rejects and report.
 
     `OUT/manifest.json` is written last: it exists only when everything else is complete.
@@ -235,6 +237,9 @@ class BuildDataset(luigi.Task):
 
     def dataset(self) -> dict:
         return {"source": self.source, "input_path": self.input, "dataset_dir": str(self.output)}
+
+    def dataset_root(self) -> str:
+        return str(self.output)
 
     def inputs(self) -> dict:
         """`Task.input()`, which the `--input` parameter shadows on the instance (as `--output` does `output()`,
@@ -262,6 +267,7 @@ class BuildDataset(luigi.Task):
             files.append({"file": f"{split}/manifest.json", "sha256": shards.sha256_file(manifests[split].path)})
             files.extend({"file": f"{split}/{e['file']}", "sha256": e["sha256"], "num_samples": e["num_samples"]}
                          for e in manifest["shards"])
+        kill_point("dataset_manifest")
         manifest = {"format_version": shards.FORMAT_VERSION, "pipeline_version": __version__,
                     "source": self.source, "input": self.input, "features": list(self.features),
                     "parameters": plan["parameters"], "splits": split_counts, "files": files}

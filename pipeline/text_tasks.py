@@ -23,11 +23,15 @@ A post record, as it reaches the text shards:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import itertools
 import json
+import os
 import random
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -35,7 +39,8 @@ from typing import Callable, Iterable, Iterator
 import luigi
 
 from pipeline import shards
-from pipeline.atomic import DurableTarget, atomic_directory
+from pipeline.atomic import DurableTarget, atomic_directory, remove_stale_temporaries
+from pipeline.guard import check_identity, output_lock, record_identity
 from pipeline.report import StageLog
 from pipeline.shards import SPLITS
 from pipeline.sources import SOURCES
@@ -62,16 +67,20 @@ def shard_name(shard_index: int) -> str:
     return f"shard-{shard_index:05d}.h5"
 
 
-def chain_parameters(task: luigi.Task) -> dict:
-    """Significant parameters of a task and of everything it requires, per task family (provenance).
+# Where a dataset is written does not change its content: the same input must give byte-identical outputs
+# wherever they are built, so these parameters are left out of provenance and identity.
+LOCATION_PARAMETERS = ("dataset_dir", "output")
 
-    `dataset_dir` is left out: where a dataset was written does not change its content, and the same input
-    must give byte-identical shards wherever they are built.
-    """
+
+def chain_parameters(task: luigi.Task) -> dict:
+    """Significant parameters of a task and of everything it requires, per task family (provenance), with the
+    digests of inputs that a path does not identify (`GuardedTask.input_digests`)."""
     seen: dict[str, list[dict]] = {}
 
     def walk(t: luigi.Task) -> None:
-        params = {k: v for k, v in t.to_str_params(only_significant=True).items() if k != "dataset_dir"}
+        params = {k: v for k, v in t.to_str_params(only_significant=True).items() if k not in LOCATION_PARAMETERS}
+        if isinstance(t, GuardedTask):
+            params.update(t.input_digests())
         if params not in seen.setdefault(t.task_family, []):
             seen[t.task_family].append(params)
         for dep in luigi.task.flatten(t.requires()):
@@ -82,7 +91,72 @@ def chain_parameters(task: luigi.Task) -> dict:
     return {family: runs[0] if len(runs) == 1 else runs for family, runs in sorted(seen.items())}
 
 
-class DatasetTask(luigi.Task):
+class GuardedTask(luigi.Task):
+    """A task whose outputs live in one dataset directory, guarded as `pipeline.guard` describes: its `run()`
+    holds the lock of each of its outputs (and returns at once if another build completed them meanwhile),
+    clears what killed writers of them left, and records their identity before writing them; `complete()`
+    refuses an output recorded with another identity. Subclasses write `run()` as usual: it is wrapped here."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "run" in cls.__dict__:
+            cls.run = _guarded(cls.__dict__["run"])
+
+    def dataset_root(self) -> str:
+        raise NotImplementedError
+
+    def input_digests(self) -> dict:
+        """Digests of inputs that their path does not identify (none by default)."""
+        return {}
+
+    def identity(self) -> dict:
+        return {"task": self.task_family, "parameters": chain_parameters(self)}
+
+    def output_paths(self) -> list[str]:
+        return [target.path for target in luigi.task.flatten(self.output())]
+
+    def complete(self):
+        paths = self.output_paths()
+        if not paths or not all(os.path.exists(p) for p in paths):
+            return False
+        for path in paths:
+            check_identity(self.dataset_root(), path, self.identity())
+        return True
+
+
+def _guarded(run):
+    """`run` under the guard of `GuardedTask` (a generator `run`, one with dynamic dependencies, stays one)."""
+
+    @contextmanager
+    def guard(task: GuardedTask):
+        with ExitStack() as locks:
+            for path in task.output_paths():
+                locks.enter_context(output_lock(task.dataset_root(), path, task.set_status_message))
+            if task.complete():  # another build wrote it while this one waited
+                yield False
+                return
+            for path in task.output_paths():
+                remove_stale_temporaries(path)
+                record_identity(task.dataset_root(), path, task.identity())
+            yield True
+
+    if inspect.isgeneratorfunction(run):
+        @functools.wraps(run)
+        def guarded_generator(self):
+            with guard(self) as needed:
+                if needed:
+                    yield from run(self)
+        return guarded_generator
+
+    @functools.wraps(run)
+    def guarded(self):
+        with guard(self) as needed:
+            if needed:
+                run(self)
+    return guarded
+
+
+class DatasetTask(GuardedTask):
     """Parameters every stage shares: where posts come from and which dataset directory they go to."""
 
     source = luigi.ChoiceParameter(choices=SOURCES, description="archive, api, ids, cmkp or posts")
@@ -92,6 +166,9 @@ class DatasetTask(luigi.Task):
 
     def dataset(self) -> dict:
         return {"source": self.source, "input_path": self.input_path, "dataset_dir": self.dataset_dir}
+
+    def dataset_root(self) -> str:
+        return self.dataset_dir
 
     def path(self, *parts: str) -> Path:
         return Path(self.dataset_dir, *parts)
@@ -173,7 +250,8 @@ class CrawlTweets(StageTask):
     api_endpoint = luigi.ChoiceParameter(default="recent", choices=("recent", "all"),
                                          description="search/recent or search/all (full archive)")
     max_pages = luigi.IntParameter(default=0, description="stop the search after this many pages (0: no limit)")
-    token_env = luigi.Parameter(default="TWITTER_BEARER_TOKEN", description="environment variable of the token")
+    token_env = luigi.Parameter(default="TWITTER_BEARER_TOKEN", significant=False,
+                                description="environment variable of the token")
     start_time = luigi.Parameter(default="", description="api source: the search's start_time (inclusive), "
                                  "a date or an ISO 8601 time with its zone; empty: the endpoint's earliest")
     end_time = luigi.Parameter(default="", description="api source: the search's end_time (exclusive); empty: now")
@@ -190,6 +268,9 @@ class CrawlTweets(StageTask):
 
     def process(self, records, log):
         return self.counted(SOURCE_GRAPHS[self.source].read(self, log), log)
+
+    def input_digests(self):
+        return SOURCE_GRAPHS[self.source].input_digests(self)
 
 
 def read_release(task: CrawlTweets, log: StageLog) -> Iterator[dict]:
@@ -230,6 +311,15 @@ def crawl_key(task: CrawlTweets) -> str:
     return f"{task.source}-{digest.hexdigest()[:16]}"
 
 
+def crawl_identity(task: CrawlTweets) -> dict:
+    # An id file is read when the crawl runs: its bytes, not its path, say which posts are asked for.
+    return {"crawl_key": crawl_key(task)}
+
+
+def path_identity(task: CrawlTweets) -> dict:
+    return {}
+
+
 class FilterPosts(StageTask):
     """The paper's text-level filters (see `pipeline.clean.filter_posts`)."""
 
@@ -265,8 +355,11 @@ class ImageStage(StageTask):
         from pipeline.fetch import ImageJournal, ImageStore
 
         parameters = {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels, "require_jpeg": self.require_jpeg}
-        return ImageJournal(self.path("work", f"{self.stage}-journal.jsonl"), ImageStore(self.dataset_dir),
-                            parameters, batch=self.journal_batch)
+        # This stage owns the store and its journal, and runs under its lock: a killed run's leftovers go.
+        store, journal = ImageStore(self.dataset_dir), self.path("work", f"{self.stage}-journal.jsonl")
+        store.remove_leftovers()
+        remove_stale_temporaries(journal)
+        return ImageJournal(journal, store, parameters, batch=self.journal_batch)
 
 
 class FetchImages(ImageStage):
@@ -359,6 +452,7 @@ class SourceGraph:
     """How one source's posts become a split dataset."""
 
     read: Callable[[CrawlTweets, StageLog], Iterator[dict]]  # the crawl stage's reader of the source
+    input_digests: Callable[[CrawlTweets], dict]  # what identifies the input beyond its path (part of identity)
     stages: tuple[type[StageTask], ...]  # in pipeline order, CrawlTweets first; SplitPosts reads the last one's
     keeps_splits: bool  # True: records carry their split (a release); False: shuffled and cut 80/10/10
 
@@ -366,11 +460,11 @@ class SourceGraph:
 RELEASE_STAGES = (CrawlTweets, ReleaseImages)
 CRAWL_STAGES = (CrawlTweets, FilterPosts, FetchImages, DedupeImages, TokenizePosts, FilterHashtags)
 SOURCE_GRAPHS: dict[str, SourceGraph] = {
-    "cmkp": SourceGraph(read_release, RELEASE_STAGES, keeps_splits=True),
-    "archive": SourceGraph(read_archive, CRAWL_STAGES, keeps_splits=False),
-    "api": SourceGraph(crawl_api, CRAWL_STAGES, keeps_splits=False),
-    "ids": SourceGraph(crawl_api, CRAWL_STAGES, keeps_splits=False),
-    "posts": SourceGraph(read_posts, CRAWL_STAGES, keeps_splits=False),
+    "cmkp": SourceGraph(read_release, path_identity, RELEASE_STAGES, keeps_splits=True),
+    "archive": SourceGraph(read_archive, path_identity, CRAWL_STAGES, keeps_splits=False),
+    "api": SourceGraph(crawl_api, crawl_identity, CRAWL_STAGES, keeps_splits=False),
+    "ids": SourceGraph(crawl_api, crawl_identity, CRAWL_STAGES, keeps_splits=False),
+    "posts": SourceGraph(read_posts, path_identity, CRAWL_STAGES, keeps_splits=False),
 }
 
 

@@ -22,7 +22,6 @@ import json
 from datetime import datetime, timezone
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -30,6 +29,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from pipeline.atomic import TMP_MARK, write_text
+from pipeline.faults import kill_point
 from pipeline.fetch import make_session
 from pipeline.report import StageLog
 from pipeline.sources.archive import jsonl_lines, read_lines
@@ -153,10 +154,14 @@ def search_window(start_time: str = "", end_time: str = "") -> dict:
 
 
 def _write_page(path: Path, page: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(page, ensure_ascii=False, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(page, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def _start_pages(pages_dir: Path) -> None:
+    """Make `pages_dir`, clearing the temporary files of a killed crawl (the crawl task owns it, under its lock)."""
+    pages_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in pages_dir.glob(f".*{TMP_MARK}*"):
+        leftover.unlink(missing_ok=True)
 
 
 def next_token_of(page: dict) -> str | None:
@@ -180,7 +185,7 @@ def crawl_search(client: ApiClient, query: str, pages_dir: Path, endpoint: str =
     The search (query, endpoint, window) is recorded beside the pages; resuming a different one is an error,
     since its pages would be mixed with the other search's."""
     search = {"query": query, "endpoint": endpoint, **search_window(start_time, end_time)}
-    pages_dir.mkdir(parents=True, exist_ok=True)
+    _start_pages(pages_dir)
     written = page_files(pages_dir)
     record = pages_dir / SEARCH_RECORD
     if written and record.exists() and json.loads(record.read_text()) != search:
@@ -198,6 +203,7 @@ def crawl_search(client: ApiClient, query: str, pages_dir: Path, endpoint: str =
         page = client.search(query, endpoint, next_token, max_results, start_time, end_time)
         path = pages_dir / f"page-{len(written):05d}.jsonl"
         _write_page(path, page)
+        kill_point("crawl_page")
         written.append(path)
         progress(f"crawled {len(written)} pages")
         next_token = next_token_of(page)
@@ -231,7 +237,7 @@ def read_ids(path: str | Path, log: StageLog) -> list[str]:
 def hydrate(client: ApiClient, ids: list[str], pages_dir: Path,
             progress: Callable[[str], None] = lambda message: None) -> list[Path]:
     """Look `ids` up in batches of 100, one page file per batch; batches already written are skipped."""
-    pages_dir.mkdir(parents=True, exist_ok=True)
+    _start_pages(pages_dir)
     paths = []
     for number, start in enumerate(range(0, len(ids), BATCH)):
         path = pages_dir / f"page-{number:05d}.jsonl"
