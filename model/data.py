@@ -6,6 +6,7 @@ features are large and are read per post through h5py handles opened lazily in t
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -84,16 +85,71 @@ def check_text_embedding(expected: dict, found: dict, what: str) -> None:
             f"{ {k: expected['meta'].get(k) for k in TEXT_EMBEDDING_META_KEYS} }): embed them with the same model")
 
 
+def read_manifest(data_dir: str | Path) -> dict:
+    """The dataset's `manifest.json`, which the pipeline writes last: a directory without one is not a complete
+    dataset, and nothing in it is read."""
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{data_dir} has no manifest.json: not a complete dataset (docs/FORMAT.md); "
+                                f"build it, or rerun the build that was interrupted")
+    manifest = json.loads(path.read_text())
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version}, this reader knows {FORMAT_VERSION}")
+    return manifest
+
+
 def split_names(data_dir: str | Path) -> list[str]:
-    return sorted(p.name for p in Path(data_dir).iterdir()
-                  if p.is_dir() and any(p.glob("shard-*.h5")))
+    """The splits the dataset's manifest lists with at least one post."""
+    return sorted(name for name, counts in read_manifest(data_dir)["splits"].items() if counts["posts"])
+
+
+_VERIFIED: dict[tuple, str] = {}  # (path, size, mtime) -> sha256 of the files this process has checked
+
+
+def _sha256(path: Path) -> str:
+    key = (str(path.resolve()), *((stat := path.stat()).st_size, stat.st_mtime_ns))
+    if key not in _VERIFIED:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        _VERIFIED[key] = digest.hexdigest()
+    return _VERIFIED[key]
+
+
+def split_shards(data_dir: str | Path, split: str) -> list[tuple[Path, int]]:
+    """(path, number of posts) of each shard of a split, as its manifest lists them: never a directory listing.
+
+    The split manifest is checked against the dataset manifest's checksum, each shard against the split
+    manifest's (once per process and file version: reading a split again checks nothing again)."""
+    data_dir = Path(data_dir)
+    files = {entry["file"]: entry for entry in read_manifest(data_dir)["files"]}
+    listed = files.get(f"{split}/manifest.json")
+    if listed is None:
+        raise FileNotFoundError(f"the manifest of {data_dir} lists no split {split!r}")
+    manifest_path = data_dir / split / "manifest.json"
+    _check(manifest_path, listed["sha256"])
+    shards = json.loads(manifest_path.read_text())["shards"]
+    for entry in shards:
+        _check(data_dir / split / entry["file"], entry["sha256"])
+    return [(data_dir / split / entry["file"], int(entry["num_samples"])) for entry in shards]
+
+
+def _check(path: Path, sha256: str) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}, listed in the dataset's manifest, is missing")
+    if _sha256(path) != sha256:
+        raise ValueError(f"{path} does not match the checksum its manifest gives: changed after the build")
 
 
 def read_split(data_dir: str | Path, split: str) -> Split:
-    """All posts of one split, text columns only. Raises if the split is missing or of another format."""
-    paths = sorted((Path(data_dir) / split).glob("shard-*.h5"))
-    if not paths:
-        raise FileNotFoundError(f"no shards in {Path(data_dir) / split} (expected shard-NNNNN.h5, docs/FORMAT.md)")
+    """All posts of one split, text columns only, from the shards its manifest lists. Raises if the dataset has
+    no manifest, the split is missing, a shard does not match its checksum or count, or is of another format."""
+    listed = split_shards(data_dir, split)
+    if not listed:
+        raise FileNotFoundError(f"the manifest of {data_dir} lists no shard of split {split!r}")
+    paths = [path for path, _ in listed]
     posts, features, random_weights = [], None, False
     embeddings, provenance = [], None
     for shard_index, path in enumerate(paths):
@@ -108,6 +164,8 @@ def read_split(data_dir: str | Path, split: str) -> Split:
             def column(name):
                 return f[name].asstr()[()] if name in f else None
             ids, tokens, kps = column("post_id"), column("tokens"), column("keyphrases")
+            if len(ids) != listed[shard_index][1]:
+                raise ValueError(f"{path}: {len(ids)} posts, its manifest says {listed[shard_index][1]}")
             ocr, attrs = column("ocr_tokens"), column("attributes")
             present = f["image_present"][()]
             if "text_embedding" in groups:

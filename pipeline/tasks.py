@@ -19,9 +19,10 @@ from pathlib import Path
 
 import luigi
 
-from pipeline import __version__, shards
+from pipeline import shards
 from pipeline.atomic import DurableTarget, remove_stale_temporaries
 from pipeline.faults import kill_point
+from pipeline.manifests import dataset_manifest, split_manifest
 from pipeline.report import check_counts, iter_rejects, load_counts
 from pipeline.sources import SOURCES
 from pipeline.text_tasks import (  # noqa: F401  (re-exported: luigi --module pipeline.tasks finds every task)
@@ -136,19 +137,8 @@ class SplitManifest(DatasetTask):
         # Dynamic dependencies: the number of shards and the groups they hold are known once SplitPosts has run.
         targets = yield [AssembleShard(**self.dataset(), split=self.split, shard_index=i, features=groups,
                                        carried=carried) for i in range(n_shards)]
-        entries, posts, with_image, with_ocr = [], 0, 0, 0
-        for i, target in enumerate(targets):
-            data = shards.read_shard(target.path, ["image_present"])
-            attrs = shards.read_attrs(target.path)
-            posts += int(attrs["num_samples"])
-            with_image += int(data["image_present"].sum())
-            if "ocr" in attrs["features"]:
-                with_ocr += sum(1 for t in shards.read_shard(target.path, ["ocr_tokens"])["ocr_tokens"] if t)
-            entries.append({"file": Path(target.path).name, "num_samples": int(attrs["num_samples"]),
-                            "sha256": shards.sha256_file(target.path), "features": attrs["features"]})
-            self.set_progress_percentage(int(100 * (i + 1) / max(n_shards, 1)))
-        manifest = {"format_version": shards.FORMAT_VERSION, "split": self.split, "source": self.source,
-                    "posts": posts, "with_image": with_image, "with_ocr": with_ocr, "shards": entries}
+        manifest = split_manifest(self.split, self.source, [Path(t.path) for t in targets],
+                                  lambda done, total: self.set_progress_percentage(int(100 * done / max(total, 1))))
         with self.output().temporary_path() as tmp:
             Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n")
 
@@ -256,20 +246,9 @@ class BuildDataset(GuardedTask):
         plan = read_plan(inputs["split"].path)
         splits = list(plan["splits"])
         manifests = yield {s: SplitManifest(**self.dataset(), split=s, features=self.features) for s in splits}
-        files = []
-        for name in ("vocab", "report"):
-            files.append({"file": f"{name}.json", "sha256": shards.sha256_file(inputs[name].path)})
-        files.append({"file": "rejects.jsonl", "sha256": shards.sha256_file(Path(self.output, "rejects.jsonl"))})
-        split_counts = {}
-        for split in splits:
-            manifest = json.loads(Path(manifests[split].path).read_text())
-            split_counts[split] = {k: manifest[k] for k in ("posts", "with_image", "with_ocr")}
-            files.append({"file": f"{split}/manifest.json", "sha256": shards.sha256_file(manifests[split].path)})
-            files.extend({"file": f"{split}/{e['file']}", "sha256": e["sha256"], "num_samples": e["num_samples"]}
-                         for e in manifest["shards"])
         kill_point("dataset_manifest")
-        manifest = {"format_version": shards.FORMAT_VERSION, "pipeline_version": __version__,
-                    "source": self.source, "input": self.input, "features": list(self.features),
-                    "parameters": plan["parameters"], "splits": split_counts, "files": files}
+        manifest = dataset_manifest(Path(self.output), {s: Path(manifests[s].path) for s in splits},
+                                    ["vocab.json", "report.json", "rejects.jsonl"], source=self.source,
+                                    input=self.input, features=list(self.features), parameters=plan["parameters"])
         with self.output().temporary_path() as tmp:
             Path(tmp).write_text(json.dumps(manifest, indent=1) + "\n")

@@ -16,7 +16,7 @@ from model.memory import KeyphraseMemory
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_memory import N_WORDS, TRAIN  # noqa: E402
-from test_model import POSTS, TEXT_EMBEDDING, TINY, write_dataset  # noqa: E402
+from test_model import POSTS, TEXT_EMBEDDING, TINY, write_dataset, write_manifests  # noqa: E402
 
 def test_hybrid_similarity_is_the_weighted_sum_of_both():
     embeddings = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])
@@ -83,6 +83,7 @@ def test_queries_embedded_by_another_model_are_refused(trained, tmp_path):
     model.memory.embedding_weight = 0.5            # whatever DEV chose: a hybrid memory compares embeddings
     with h5py.File(data_dir / "valid" / "shard-00000.h5", "a") as f:
         f.attrs["text_embedding_weights_sha256"] = "cd" * 32
+    write_manifests(data_dir, ("train", "valid"))  # as if built so (the shard's checksum changed)
     valid = read_split(data_dir, "valid")
     with pytest.raises(ValueError, match="not comparable"):
         predict_split(model, PostDataset(valid, model.vocabs, model.config), "cpu")

@@ -13,6 +13,7 @@ from model.beam import beam_search, predict_batch
 from model.config import CONFIGS, ModelConfig, load_config
 from model.data import BOS, EOS, PAD, PostDataset, Vocabularies, collate, read_split
 from model.model import BiGRU, KeyphraseModel
+from pipeline.manifests import dataset_manifest, split_manifest
 from pipeline.shards import write_shard
 
 # provenance of the seeded random unit vectors write_dataset puts in the `text_embedding` group when asked
@@ -63,6 +64,16 @@ def write_dataset(root, posts=POSTS, splits=("train", "valid"), vgg=True, butd=F
             columns["text_embedding"] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
             attrs.update(text_embedding)
         write_shard(root / split / "shard-00000.h5", columns, attrs)
+    return write_manifests(root, splits)
+
+
+def write_manifests(root, splits):
+    """The split and dataset manifests the pipeline writes last (the model reads shards only through them)."""
+    for split in splits:
+        manifest = split_manifest(split, "archive", sorted((root / split).glob("shard-*.h5")))
+        (root / split / "manifest.json").write_text(json.dumps(manifest))
+    manifest = dataset_manifest(root, {s: root / s / "manifest.json" for s in splits}, [], source="archive")
+    (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
 

@@ -182,3 +182,24 @@ def test_a_crawl_killed_mid_way_resumes_its_own_query_only(server, token, tmp_pa
     assert crawl_key(task) != crawl_key(other)  # another query never resumes from these pages
     assert Counter(p.parent.name for p in (tmp_path / "out" / "work" / "crawl-pages").rglob("page-*")) == {
         crawl_key(task): 3}
+
+
+def test_the_model_reads_a_dataset_only_through_its_manifests(tmp_path):
+    import shutil
+
+    from model.data import read_split, split_names
+    from test_model import POSTS, write_dataset
+
+    data = write_dataset(tmp_path / "data")
+    assert split_names(data) == ["train", "valid"] and len(read_split(data, "train").posts) == len(POSTS)
+    shutil.copy(data / "train" / "shard-00000.h5", data / "train" / "shard-00001.h5")  # not listed: never read
+    assert len(read_split(data, "train").posts) == len(POSTS)
+    with open(data / "valid" / "shard-00000.h5", "r+b") as f:  # a listed shard changed after the build
+        f.seek(-1, os.SEEK_END)
+        f.write(b"\x01")
+    with pytest.raises(ValueError, match=r"valid/shard-00000\.h5 does not match the checksum"):
+        read_split(data, "valid")
+    (data / "manifest.json").unlink()  # an unfinished build: refused whole
+    for read in (lambda: split_names(data), lambda: read_split(data, "train")):
+        with pytest.raises(FileNotFoundError, match="no manifest.json: not a complete dataset"):
+            read()
