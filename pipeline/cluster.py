@@ -129,7 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     with luigi.cmdline_parser.CmdlineParser.global_instance(argv):
         retcodes = luigi.retcodes.retcode()
     result = luigi.interface.run(argv, worker_scheduler_factory=ClusterWorkerFactory(), detailed_summary=True)
-    sys.exit(0 if result.worker.roots_complete() else (retcodes.task_failed or 1))
+    # Inside the command line's context: the tasks a root requires take their parameters from it (`--X-y`), and
+    # completeness includes their identity.
+    with luigi.cmdline_parser.CmdlineParser.global_instance(argv):
+        complete = result.worker.roots_complete()
+    sys.exit(0 if complete else (retcodes.task_failed or 1))
 
 
 if __name__ == "__main__":
