@@ -129,16 +129,23 @@ def _guarded(run):
 
     @contextmanager
     def guard(task: GuardedTask):
-        with ExitStack() as locks:
-            for path in task.output_paths():
-                locks.enter_context(output_lock(task.dataset_root(), path, task.set_status_message))
-            if task.complete():  # another build wrote it while this one waited
-                yield False
-                return
-            for path in task.output_paths():
-                remove_stale_temporaries(path)
-                record_identity(task.dataset_root(), path, task.identity())
+        if getattr(task, "_guarded", False):  # a subclass's run() calling super().run(): already guarded
             yield True
+            return
+        task._guarded = True
+        try:
+            with ExitStack() as locks:
+                for path in task.output_paths():
+                    locks.enter_context(output_lock(task.dataset_root(), path, task.set_status_message))
+                if task.complete():  # another build wrote it while this one waited
+                    yield False
+                    return
+                for path in task.output_paths():
+                    remove_stale_temporaries(path)
+                    record_identity(task.dataset_root(), path, task.identity())
+                yield True
+        finally:
+            task._guarded = False
 
     if inspect.isgeneratorfunction(run):
         @functools.wraps(run)
