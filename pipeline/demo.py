@@ -117,8 +117,8 @@ class StepFailed(RuntimeError):
 
 
 class Demo:
-    def __init__(self, config: DemoConfig, log_path: Path):
-        self.config, self.log_path = config, log_path
+    def __init__(self, config: DemoConfig):
+        self.config = config
 
     def step(self, name: str, command: list[str], run) -> None:
         """Run one step, log its command, record its wall and CPU seconds."""
@@ -130,12 +130,13 @@ class Demo:
         if not ok:
             raise StepFailed(name)
 
-    def subprocess_step(self, name: str, command: list[str], env: dict | None = None) -> None:
-        self.step(name, command, lambda: subprocess.run(command, env=env).returncode == 0)
+    def subprocess_step(self, name: str, command: list[str]) -> None:
+        self.step(name, command, lambda: subprocess.run(command).returncode == 0)
 
     def run(self) -> None:
         c = self.config
         python = sys.executable
+        c.out.mkdir(parents=True, exist_ok=True)
         c.timings.unlink(missing_ok=True)
         self.subprocess_step("corpus", [python, str(ROOT / "data" / "make_sample_corpus.py"), "--out", str(c.corpus)])
         self.step("pipeline", ["env", f"LUIGI_CONFIG_PATH={DEMO_CONFIG.relative_to(ROOT)}", "luigi",
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     terminal.write(f"make demo: the bundled sample corpus end to end; full log in {log_path}\n")
     start = time.perf_counter()
     try:
-        Demo(config, log_path).run()
+        Demo(config).run()
     except Exception as error:             # a failed step, or one that could not start: both end in the log
         if not isinstance(error, StepFailed):
             traceback.print_exc()

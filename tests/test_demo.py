@@ -46,7 +46,7 @@ def test_luigi_tasks_are_timed_in_their_own_processes(tmp_path, monkeypatch):
 
 
 def test_a_failing_step_is_recorded_and_raised(tmp_path, capsys):
-    runner = demo.Demo(demo.DemoConfig(out=tmp_path), tmp_path / "demo.log")
+    runner = demo.Demo(demo.DemoConfig(out=tmp_path))
     with pytest.raises(demo.StepFailed, match="step broken failed"):
         runner.subprocess_step("broken", ["false"])
     entry = json.loads((tmp_path / "demo-timings.jsonl").read_text())
