@@ -163,8 +163,7 @@ class Demo:
         # One torch thread per worker: the workers share the cores (torch is imported inside each task).
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.config.workers))
         time_luigi_tasks(self.config.timings)
-        result = luigi.interface.run(self.pipeline_args(), detailed_summary=True)
-        print(result.summary_text, flush=True)
+        result = luigi.interface.run(self.pipeline_args(), detailed_summary=True)   # logs its own summary
         return result.scheduling_succeeded and result.status.name in ("SUCCESS", "SUCCESS_WITH_RETRY")
 
 
