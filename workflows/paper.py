@@ -8,8 +8,8 @@
     luigi --module workflows.paper Report ...
 
 Without --shards-dir a task builds the CMKP benchmark protocol's dataset from --data-dir, as the suites of
-workflows/experiments.py do; parameters default from luigi.cfg. Every training run is one
-`workflows.experiments.TrainRun` (WORK/runs/<config>/seed-<S>/), shared by every table that needs it, so a
+workflows/experiments.py do; parameters have their defaults in the Parameters (luigi.cfg overrides).
+Every training run is one `workflows.experiments.TrainRun` (WORK/runs/<config>/seed-<S>/), shared by every table that needs it, so a
 suite resumes where it stopped and Table 2's full model is also Table 4's. A configuration that differs from
 a named one (a Table 3 grid point, a Table 4 wording variant, `--overrides`) is a JSON file written by
 `ConfigVariant` under WORK/configs/. Each workflow writes one directory WORK/paper/<name>/ (tables as
