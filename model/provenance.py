@@ -67,6 +67,9 @@ def _json_attr(value):
     return value.item() if hasattr(value, "item") else value
 
 
+SHARD_CONTENT = ("counts",)     # keys of a group's `<group>_meta` that describe one shard's content
+
+
 def shard_group_provenance(paths: list[Path], group: str) -> dict:
     """The provenance attributes of one group, identical across the given shards (else a clear error)."""
     found = None
@@ -75,6 +78,9 @@ def shard_group_provenance(paths: list[Path], group: str) -> dict:
             entry = {"weights": _json_attr(f.attrs.get(f"{group}_weights", "")),
                      "weights_sha256": _json_attr(f.attrs.get(f"{group}_weights_sha256", "")),
                      "meta": _json_attr(f.attrs.get(f"{group}_meta", "{}"))}
+        if isinstance(entry["meta"], dict):
+            # what one shard's content was (e.g. OCR's image counts), not how it was featurised
+            entry["meta"] = {k: v for k, v in entry["meta"].items() if k not in SHARD_CONTENT}
         # The shards' random_weights flag covers all groups; a group's own: its weights (or the attribute
         # predictor's backbone) were seeded random.
         backbone = entry["meta"].get("backbone_weights", "") if isinstance(entry["meta"], dict) else ""
