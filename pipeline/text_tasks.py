@@ -103,7 +103,8 @@ class GuardedTask(luigi.Task):
             cls.run = _guarded(cls.__dict__["run"])
 
     def dataset_root(self) -> str:
-        raise NotImplementedError
+        """The dataset directory whose locks and identity records guard this task's outputs."""
+        raise TypeError(f"{type(self).__name__} must say which dataset directory it writes (dataset_root)")
 
     def input_digests(self) -> dict:
         """Digests of inputs that their path does not identify (none by default)."""
@@ -212,7 +213,7 @@ class StageTask(DatasetTask):
 
     def process(self, records: list[dict], log: StageLog) -> Iterable[dict]:
         """The records this stage keeps; every record read is kept or rejected (with its reason) into `log`."""
-        raise NotImplementedError
+        raise TypeError(f"stage {type(self).__name__} must define process(records, log)")
 
     def run(self):
         log = StageLog(self.stage, unit=self.unit)
