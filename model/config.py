@@ -127,6 +127,12 @@ class ModelConfig:
             raise ValueError(f"the keyphrase memory ranks with the unified ranking, which needs the classifier and "
                              f"the generator (ranking is {self.ranking!r}): set memory to false")
 
+    @property
+    def uses_text_embedding(self) -> bool:
+        """Whether the model reads the posts' sentence embeddings (the shards' `text_embedding` group): every
+        split it trains, predicts or tags on then needs them, from the model that embedded its training posts."""
+        return self.memory_embedding
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

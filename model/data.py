@@ -319,9 +319,9 @@ class PostDataset(torch.utils.data.Dataset):
         if config.vision != "none" and config.vision in split.features:
             self.vision = ImageFeatures(split.shard_paths, config.vision)
         self.text_embedding = None                  # [N, D] the posts' sentence embeddings, where the config uses them
-        if config.memory_embedding:
+        if config.uses_text_embedding:
             if split.text_embedding is None:
-                raise ValueError(f"config {config.name} compares the posts' sentence embeddings (memory_embedding), "
+                raise ValueError(f"config {config.name} reads the posts' sentence embeddings, "
                                  f"but split {split.name!r} has no text_embedding group: rebuild the dataset with "
                                  f"it (BuildDataset --features '[..., \"text_embedding\"]')")
             self.text_embedding = torch.from_numpy(split.text_embedding)
