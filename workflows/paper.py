@@ -71,7 +71,8 @@ def dataset_features(shards_dir: str | Path) -> set[str]:
 
 def config_inputs(config) -> dict:
     """The feature groups a configuration reads: (required, optional) sets. Image-only models need their
-    vision group; every other modality is one the model masks out where the dataset lacks it."""
+    vision group and the hybrid keyphrase memory its posts' sentence embeddings; every other modality is one
+    the model masks out where the dataset lacks it."""
     optional = set()
     if config.vision != "none":
         optional.add(config.vision)
@@ -80,12 +81,15 @@ def config_inputs(config) -> dict:
     if config.use_attributes:
         optional.add("attributes")
     required = {config.vision} if not config.use_text else set()
+    if config.memory and config.memory_embedding:
+        required.add("text_embedding")
     return {"required": required, "optional": optional - required}
 
 
 def inputs_label(config) -> str:
     parts = (["text"] if config.use_text else []) + ([config.vision] if config.vision != "none" else [])
     parts += (["OCR"] if config.image_wordings else []) + (["attributes"] if config.use_attributes else [])
+    parts += ["text_embedding"] if config.memory and config.memory_embedding else []
     return " + ".join(parts)
 
 
