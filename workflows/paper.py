@@ -71,7 +71,7 @@ def dataset_features(shards_dir: str | Path) -> set[str]:
 
 def config_inputs(config) -> dict:
     """The feature groups a configuration reads: (required, optional) sets. Image-only models need their
-    vision group and the hybrid keyphrase memory its posts' sentence embeddings; every other modality is one
+    vision group and a model reading the posts' sentence embeddings their group; every other modality is one
     the model masks out where the dataset lacks it."""
     optional = set()
     if config.vision != "none":
@@ -81,7 +81,7 @@ def config_inputs(config) -> dict:
     if config.use_attributes:
         optional.add("attributes")
     required = {config.vision} if not config.use_text else set()
-    if config.memory and config.memory_embedding:
+    if config.uses_text_embedding:
         required.add("text_embedding")
     return {"required": required, "optional": optional - required}
 
@@ -89,7 +89,7 @@ def config_inputs(config) -> dict:
 def inputs_label(config) -> str:
     parts = (["text"] if config.use_text else []) + ([config.vision] if config.vision != "none" else [])
     parts += (["OCR"] if config.image_wordings else []) + (["attributes"] if config.use_attributes else [])
-    parts += ["text_embedding"] if config.memory and config.memory_embedding else []
+    parts += ["text_embedding"] if config.uses_text_embedding else []
     return " + ".join(parts)
 
 
