@@ -217,11 +217,11 @@ def test_stats_are_never_downloaded(tmp_path):
 
 
 def test_installed_wheel_finds_its_mapping_list(tmp_path):
-    """A wheel built from the sources carries the mapping list as data under share/cmkp/, and the package installed
-    from it into a fresh environment (away from any checkout) finds it there."""
+    """A wheel built from the sources carries the mapping list and luigi.cfg as data under share/cmkp/, and the
+    package installed from it into a fresh environment (away from any checkout) finds them there."""
     source = tmp_path / "src"
     (source / "data").mkdir(parents=True)
-    for name in ("setup.cfg", "pyproject.toml", "README.md", f"data/{MAPPING_FILE_NAME}"):
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "luigi.cfg", f"data/{MAPPING_FILE_NAME}"):
         shutil.copy(REPO / name, source / name)
     for package in ("pipeline", "model", "workflows"):
         shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -229,8 +229,8 @@ def test_installed_wheel_finds_its_mapping_list(tmp_path):
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source],
                    check=True, capture_output=True, timeout=300)
     [wheel] = (tmp_path / "dist").glob("cmkp-*.whl")
-    shipped = f".data/data/share/cmkp/{MAPPING_FILE_NAME}"
-    assert any(name.endswith(shipped) for name in zipfile.ZipFile(wheel).namelist())
+    for shipped in (f".data/data/share/cmkp/{MAPPING_FILE_NAME}", ".data/data/share/cmkp/luigi.cfg"):
+        assert any(name.endswith(shipped) for name in zipfile.ZipFile(wheel).namelist()), shipped
 
     env = tmp_path / "env"
     venv.create(env, with_pip=False)
@@ -247,16 +247,18 @@ def test_installed_wheel_finds_its_mapping_list(tmp_path):
     # the dependencies (click) from this environment's site-packages, after the installed package
     (Path(env_site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
     shutil.rmtree(source)  # no checkout left to fall back on
-    script = "import pipeline.segment as s; print(s.__file__); print(s.default_mapping_file())"
+    script = ("import luigi.configuration, pipeline.segment as s; print(s.__file__); print(s.default_mapping_file());"
+              " print(luigi.configuration.get_config().get('retcode', 'task_failed'))")
     # without PYTHONPATH: a checkout lent that way would be imported instead of the installed package
     isolated = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     result = subprocess.run([env_python, "-c", script], cwd=tmp_path, env=isolated, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    module_file, mapping_file = result.stdout.split("\n")[:2]
+    module_file, mapping_file, task_failed_code = result.stdout.split("\n")[:3]
     assert Path(module_file).is_relative_to(env_site)
     assert Path(mapping_file) == env / "share" / "cmkp" / MAPPING_FILE_NAME
     assert Path(mapping_file).read_bytes() == (REPO / "data" / MAPPING_FILE_NAME).read_bytes()
+    assert task_failed_code == "30"  # the shipped luigi.cfg's exit codes, read away from any checkout
 
 
 def test_candidates_are_the_best_segmentations_best_first(segmenter):

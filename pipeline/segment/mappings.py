@@ -5,12 +5,11 @@ package, from `<prefix>/share/cmkp/`, where setup.cfg's `[options.data_files]` p
 """
 from __future__ import annotations
 
-import site
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+from pipeline.project_files import project_file
 from pipeline.segment.counts import ALNUM
 
 MAPPING_FILE_NAME = "hashtag_segmentation.tsv"
@@ -22,19 +21,9 @@ def mapping_key(hashtag: str) -> str:
 
 
 def default_mapping_file() -> Path:
-    """The project's hand-curated mapping list: `data/` of the checkout this package sits in (a clone or an editable
-    install), else the copy an installed wheel put under `<prefix>/share/cmkp/` (setup.cfg `[options.data_files]`;
-    prefix: the environment's, or the user base of a `pip install --user`). Missing everywhere: an error naming
-    the places looked at."""
-    checkout = Path(__file__).resolve().parents[2]
-    candidates = [checkout / "data" / MAPPING_FILE_NAME,
-                  *(Path(prefix) / "share" / "cmkp" / MAPPING_FILE_NAME
-                    for prefix in dict.fromkeys((sys.prefix, site.getuserbase())))]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"the project's hashtag mapping list {MAPPING_FILE_NAME} is in none of: "
-                            + ", ".join(map(str, candidates)) + " (reinstall the cmkp package)")
+    """The project's hand-curated mapping list: `data/` of the checkout, else an installed package's copy
+    (`pipeline.project_files.project_file`)."""
+    return project_file(f"data/{MAPPING_FILE_NAME}")
 
 
 def read_mapping_file(path: Path) -> dict[str, str]:

@@ -1,7 +1,10 @@
-"""Tasks that fail in the ways Luigi tells apart, for the exit-code tests (`luigi --module failing_tasks`)."""
+"""Tasks that fail in the ways Luigi tells apart, for the exit-code tests (`luigi --module failing_tasks`): tasks of
+the project, so that its luigi.cfg applies to them as to every task of `pipeline` and `workflows`."""
 from __future__ import annotations
 
 import luigi
+
+import pipeline  # noqa: F401  (the project's luigi.cfg, read on import)
 
 
 class RequiresRaises(luigi.Task):
