@@ -85,14 +85,15 @@ def model_record(model: KeyphraseModel, config: ModelConfig | None = None) -> di
     """What rebuilds the model: its config (or `config`, the same model with chosen ranking weights), its
     vocabularies, and its state dict (which holds the aggregation weight and the keyphrase memory)."""
     return {"format": CHECKPOINT_FORMAT, "config": (config or model.config).to_dict(),
-            "vocabs": model.vocabs.to_dict(), "vision_dim": model.vision_dim, "state_dict": model.state_dict()}
+            "vocabs": model.vocabs.to_dict(), "vision_dim": model.vision_dim,
+            "text_embedding_dim": model.text_embedding_dim, "state_dict": model.state_dict()}
 
 
 def model_from_record(record: dict, source: str, device: torch.device | str = "cpu") -> KeyphraseModel:
     if record.get("format", 1) == 1:
         record = _from_format_1(record)
     model = KeyphraseModel(config_from_dict(record["config"], source), Vocabularies.from_dict(record["vocabs"]),
-                           vision_dim=record["vision_dim"])
+                           vision_dim=record["vision_dim"], text_embedding_dim=record.get("text_embedding_dim"))
     model.load_state_dict(record["state_dict"])
     return model.to(device)
 

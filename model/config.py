@@ -16,6 +16,10 @@ class ModelConfig:
     image_wordings: bool = True      # append the OCR tokens to the post after a `<sep>` token
     vision: str = "vgg"              # "vgg" (49 x 512 grid), "butd" (36 x 2048 objects) or "none"
     use_attributes: bool = True      # top-5 attribute words, embedded with the text table
+    # The post's sentence embedding (the shards' `text_embedding` group, which every split then needs) as one
+    # more modality of one position: c_fuse gains its projection and M3H-Att's attention from it over the words
+    # and from the pooled text to it, so the classifier and the decoder read it.
+    text_embedding_modality: bool = False
     max_vocab: int = 45000           # encoder vocabulary cap (train split), specials not counted
     max_src_len: int = 100           # post tokens first, OCR fills the rest; the paper's posts are ~27 tokens
     # --- text encoder ---------------------------------------------------------------------------------------
@@ -115,6 +119,8 @@ class ModelConfig:
             raise ValueError("topic_memory and topic_decoder need the topic model: set topics > 0")
         if self.topic_decoder and not self.generator:
             raise ValueError("topic_decoder feeds the generator: generator must be true")
+        if self.text_embedding_modality and not self.use_text:
+            raise ValueError("text_embedding_modality embeds the post's text: use_text must be true")
         if self.topic_memory and not self.use_text:
             raise ValueError("the topic memory reads the post's words: use_text must be true")
         if not self.classifier and self.ranking != "generator":
@@ -131,7 +137,7 @@ class ModelConfig:
     def uses_text_embedding(self) -> bool:
         """Whether the model reads the posts' sentence embeddings (the shards' `text_embedding` group): every
         split it trains, predicts or tags on then needs them, from the model that embedded its training posts."""
-        return self.memory_embedding
+        return self.memory_embedding or self.text_embedding_modality
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -176,6 +182,9 @@ CONFIGS: dict[str, ModelConfig] = {
     # the unified model with the hybrid keyphrase memory: the best measured on the benchmark protocol
     # (docs/results.md); its shards need the text_embedding group
     "gen-cls-m3h-att-hybrid": _variant(_FULL, "gen-cls-m3h-att-hybrid", memory_embedding=True),
+    # ... and the posts' sentence embeddings as a modality of the encoder
+    "gen-cls-m3h-att-hybrid-sentence": _variant(_FULL, "gen-cls-m3h-att-hybrid-sentence", memory_embedding=True,
+                                                text_embedding_modality=True),
 }
 DEFAULT_CONFIG = "gen-cls-m3h-att-hybrid"
 

@@ -59,7 +59,8 @@ def explain(model: KeyphraseModel, dataset: PostDataset, index: int) -> dict:
         for hook in hooks:
             hook.remove()
     present = {"text": True, "attributes": bool((batch.attrs != PAD).any()),
-               "vision": batch.vision_mask is not None and bool(batch.vision_mask.any())}
+               "vision": batch.vision_mask is not None and bool(batch.vision_mask.any()),
+               "sentence": batch.text_embedding is not None and bool(batch.text_embedding.any())}
     attention = {key: [layers[i].tolist() for i in sorted(layers)] for key, layers in records.items()
                  if all(present[m] for m in key.split("->"))}
     return {"post_id": post.post_id, "tokens": source_tokens(post, model.config), "attributes": post.attributes,
@@ -110,7 +111,8 @@ def draw(explanation: dict, path: str | Path, image=None, boxes=None, layer: int
             if memory == "vision":
                 _draw_regions(ax, weights[h], explanation["vision"], image, boxes)
             else:
-                words = explanation["tokens"] if memory == "text" else explanation["attributes"]
+                words = {"text": explanation["tokens"], "attributes": explanation["attributes"],
+                         "sentence": ["(sentence embedding)"]}[memory]
                 _draw_words(ax, weights[h][:len(words)], words)
     fig.suptitle(f"post {explanation['post_id']}: {' '.join(explanation['tokens'])[:120]}", fontsize=8)
     path = Path(path)

@@ -2,14 +2,16 @@
 
   text  --Bi-GRU-->  memory M [B, L, H] ----------------------------+
   vision regions --Linear--> V [B, R, H]   attributes --emb,Linear--> A [B, 5, H]
-  M3H-Att: pooled queries, pairwise co-attention text<->vision, text<->attributes --> c_fuse [B, H]
+  (optional) the post's sentence embedding --Linear--> S [B, 1, H]
+  M3H-Att: pooled queries, pairwise co-attention text<->vision, text<->attributes (text<->sentence) --> c_fuse [B, H]
   classifier: MLP(c_fuse) --> label logits [B, C]
   generator: GRU decoder, Bahdanau attention over M, context + c_fuse, vocabulary MLP,
              copy switch over the source (See et al.) and the classifier's top-K labels as a second copy
              distribution (Eq. 11), mixed as p_gen P_vocab + (1 - p_gen) (a P_copy + b P_cls), a + b = 1.
 
 Every baseline of the paper's Table 2 is this module with parts switched off by its `ModelConfig`.
-B: posts, L: source length, R: image regions, N: (post, keyphrase) rows, T: target length, V: generator vocab.
+B: posts, L: source length, R: image regions, N: (post, keyphrase) rows, T: target length, V: generator vocab,
+D: sentence embedding size.
 """
 from __future__ import annotations
 
@@ -93,6 +95,32 @@ class BiGRU(nn.Module):
         return x, final
 
 
+class SentenceEmbedding(nn.Module):
+    """The post's sentence embedding as a modality of one position. A zero row (no embedding for the post) is
+    masked out. It remembers which encoder embedded the training posts (the shards' provenance record), so
+    that posts embedded by another one are refused rather than read as if comparable."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+        self.provenance: dict | None = None
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """embedding [B, D] -> (x [B, 1, H], mask [B, 1])."""
+        return self.proj(embedding).unsqueeze(1), (embedding != 0).any(1, keepdim=True)
+
+    def get_extra_state(self) -> dict:
+        return {"provenance": self.provenance}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.provenance = state["provenance"]
+
+
+def absent_modality(B: int, hidden: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A modality no post of the batch has: one position, masked out of fusion -> ([B, 1, H], [B, 1])."""
+    return (torch.zeros(B, 1, hidden, device=device), torch.zeros(B, 1, dtype=torch.bool, device=device))
+
+
 class Fusion(nn.Module):
     """c_fuse = sum over terms of Linear_i(term_i) x present_i, where the terms are each modality's pooled
     vector ("pool"), plus the attention outputs of the pooled text over each other modality ("text-query"),
@@ -103,7 +131,8 @@ class Fusion(nn.Module):
         super().__init__()
         c = config
         self.mode, self.pool, self.modalities = c.fusion, c.pool, modalities
-        layers = {"text": c.text_layers, "vision": c.vision_layers, "attributes": c.attr_layers}
+        # one block over the sentence embedding's single position: a stack would only re-read the same vector
+        layers = {"text": c.text_layers, "vision": c.vision_layers, "attributes": c.attr_layers, "sentence": 1}
         self.terms = [(m, m) for m in modalities]                  # (query modality, memory modality)
         if c.fusion not in ("pool", "ban") and "text" in modalities:
             others = [m for m in modalities if m != "text"]
@@ -209,12 +238,17 @@ class Decoder(nn.Module):
 
 
 class KeyphraseModel(nn.Module):
-    def __init__(self, config: ModelConfig, vocabs: Vocabularies, vision_dim: int | None = None):
+    def __init__(self, config: ModelConfig, vocabs: Vocabularies, vision_dim: int | None = None,
+                 text_embedding_dim: int | None = None):
         super().__init__()
         c = self.config = config
         self.vocabs = vocabs
         self.gen_size = len(vocabs.gen)
         self.vision_dim = vision_dim or (VISION_DIMS[c.vision] if c.vision != "none" else None)
+        self.text_embedding_dim = text_embedding_dim if c.text_embedding_modality else None
+        if c.text_embedding_modality and not text_embedding_dim:
+            raise ValueError(f"config {c.name} reads the posts' sentence embeddings (text_embedding_modality): "
+                             f"the model needs their size (text_embedding_dim)")
         # b of Eq. 11: 0 during warm-up, raised by the trainer (`agg_weight.fill_`); float64 holds the config's
         # value exactly, as the Python float it is multiplied as
         self.register_buffer("agg_weight", torch.zeros((), dtype=torch.float64))
@@ -250,6 +284,9 @@ class KeyphraseModel(nn.Module):
         if c.use_attributes:
             modalities.append("attributes")
             self.attr_proj = nn.Linear(c.emb_dim, H)
+        if c.text_embedding_modality:
+            modalities.append("sentence")
+            self.sentence = SentenceEmbedding(text_embedding_dim, H)
         self.fusion = Fusion(c, modalities)
         self.fuse_drop = nn.Dropout(c.dropout)
         if c.classifier:
@@ -280,15 +317,19 @@ class KeyphraseModel(nn.Module):
             if c.topic_memory:
                 text = self.topic_memory(x, src_mask, topic, self.topic_model.topic_words())   # [B, L, H]
             feats["text"] = (text, src_mask)
+        B = batch.src.shape[0]
         if c.vision != "none":
             if batch.vision is not None:
                 feats["vision"] = (self.vision_proj(batch.vision), batch.vision_mask)
-            else:   # no image in the whole batch: an empty region set (masked out of fusion)
-                B = batch.src.shape[0]
-                feats["vision"] = (torch.zeros(B, 1, c.hidden, device=batch.src.device),
-                                   torch.zeros(B, 1, dtype=torch.bool, device=batch.src.device))
+            else:   # no image in the whole batch
+                feats["vision"] = absent_modality(B, c.hidden, batch.src.device)
         if c.use_attributes:
             feats["attributes"] = (self.attr_proj(self.emb_drop(self.embedding(batch.attrs))), batch.attrs != PAD)
+        if c.text_embedding_modality:
+            if batch.text_embedding is not None:
+                feats["sentence"] = self.sentence(batch.text_embedding)      # [B, 1, H], [B, 1]
+            else:   # no embedding for the whole batch
+                feats["sentence"] = absent_modality(B, c.hidden, batch.src.device)
         fuse = self.fuse_drop(self.fusion(feats))                          # [B, H]
         cls_logits = agg_ids = agg_probs = None
         if c.classifier:

@@ -166,7 +166,11 @@ def vision_dim_of(data: Data) -> int | None:
 
 def build_model(config: ModelConfig, data: Data, device: torch.device, glove: str | None, log) -> KeyphraseModel:
     """A freshly initialised model, with the training split's memory and optionally GloVe embeddings."""
-    model = KeyphraseModel(config, data.vocabs, vision_dim=vision_dim_of(data)).to(device)
+    train = data.splits["train"]
+    text_embedding_dim = train.text_embedding.shape[1] if train.text_embedding is not None else None
+    model = KeyphraseModel(config, data.vocabs, vision_dim_of(data), text_embedding_dim).to(device)
+    if config.text_embedding_modality:
+        model.sentence.provenance = train.text_embedding_provenance
     if config.memory:
         model.memory = build_memory(data.datasets["train"], data.vocabs).to(device)
     if glove:
@@ -302,6 +306,9 @@ def split_candidates(model: KeyphraseModel, dataset: PostDataset, device, batch_
     model.eval()
     if model.memory is not None and model.memory.embedding_weight:
         check_text_embedding(model.memory.embedding_provenance, dataset.split.text_embedding_provenance,
+                             f"split {dataset.split.name!r}")
+    if model.config.text_embedding_modality:
+        check_text_embedding(model.sentence.provenance, dataset.split.text_embedding_provenance,
                              f"split {dataset.split.name!r}")
     out: list = [None] * len(dataset)
     decoded = []

@@ -87,7 +87,8 @@ def build(data_dir, config: ModelConfig, seed=0):
     vocabs = Vocabularies.build(split, config)
     dataset = PostDataset(split, vocabs, config)
     torch.manual_seed(seed)
-    model = KeyphraseModel(config, vocabs)
+    model = KeyphraseModel(config, vocabs, text_embedding_dim=dataset.text_embedding.shape[1]
+                           if dataset.text_embedding is not None else None)
     return model, dataset, collate([dataset[i] for i in range(len(dataset))])
 
 
