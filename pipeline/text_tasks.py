@@ -41,9 +41,10 @@ import luigi
 from pipeline import shards
 from pipeline.atomic import DurableTarget, atomic_directory, remove_stale_temporaries
 from pipeline.guard import check_identity, output_lock, record_identity
+from pipeline.inputs import InputFiles
 from pipeline.report import StageLog
 from pipeline.shards import SPLITS
-from pipeline.sources import SOURCES
+from pipeline.sources import SOURCES, archive, cmkp, posts
 
 PROGRESS_SECONDS = 1.0  # at most one progress report per second (each is a call to the scheduler)
 
@@ -277,8 +278,25 @@ class CrawlTweets(StageTask):
     def process(self, records, log):
         return self.counted(SOURCE_GRAPHS[self.source].read(self, log), log)
 
+    def input_files(self) -> InputFiles | None:
+        """The files the source reads, fingerprinted once per process against the record this stage keeps of
+        them (StaleOutputError if they changed); None for a query or an id file."""
+        list_files = SOURCE_GRAPHS[self.source].input_files
+        if list_files is None:
+            return None
+        if getattr(self, "_input_files", None) is None:
+            self._input_files = InputFiles(self.input_path, list_files(self.input_path), self.output().path)
+        return self._input_files
+
     def input_digests(self):
-        return SOURCE_GRAPHS[self.source].input_digests(self)
+        digests = SOURCE_GRAPHS[self.source].input_digests(self)
+        files = self.input_files()
+        return digests if files is None else {**digests, "input_sha256": files.digest()}
+
+    def save(self, directory, records, log):
+        super().save(directory, records, log)
+        if (files := self.input_files()) is not None:
+            files.write(directory)
 
 
 def read_release(task: CrawlTweets, log: StageLog) -> Iterator[dict]:
@@ -460,7 +478,8 @@ class SourceGraph:
     """How one source's posts become a split dataset."""
 
     read: Callable[[CrawlTweets, StageLog], Iterator[dict]]  # the crawl stage's reader of the source
-    input_digests: Callable[[CrawlTweets], dict]  # what identifies the input beyond its path (part of identity)
+    input_digests: Callable[[CrawlTweets], dict]  # what identifies a query or id file (part of identity)
+    input_files: Callable[[str], list[Path]] | None  # the files read from the input path (their bytes: identity)
     stages: tuple[type[StageTask], ...]  # in pipeline order, CrawlTweets first; SplitPosts reads the last one's
     keeps_splits: bool  # True: records carry their split (a release); False: shuffled and cut 80/10/10
 
@@ -468,11 +487,11 @@ class SourceGraph:
 RELEASE_STAGES = (CrawlTweets, ReleaseImages)
 CRAWL_STAGES = (CrawlTweets, FilterPosts, FetchImages, DedupeImages, TokenizePosts, FilterHashtags)
 SOURCE_GRAPHS: dict[str, SourceGraph] = {
-    "cmkp": SourceGraph(read_release, path_identity, RELEASE_STAGES, keeps_splits=True),
-    "archive": SourceGraph(read_archive, path_identity, CRAWL_STAGES, keeps_splits=False),
-    "api": SourceGraph(crawl_api, crawl_identity, CRAWL_STAGES, keeps_splits=False),
-    "ids": SourceGraph(crawl_api, crawl_identity, CRAWL_STAGES, keeps_splits=False),
-    "posts": SourceGraph(read_posts, path_identity, CRAWL_STAGES, keeps_splits=False),
+    "cmkp": SourceGraph(read_release, path_identity, cmkp.input_files, RELEASE_STAGES, keeps_splits=True),
+    "archive": SourceGraph(read_archive, path_identity, archive.input_files, CRAWL_STAGES, keeps_splits=False),
+    "api": SourceGraph(crawl_api, crawl_identity, None, CRAWL_STAGES, keeps_splits=False),
+    "ids": SourceGraph(crawl_api, crawl_identity, None, CRAWL_STAGES, keeps_splits=False),
+    "posts": SourceGraph(read_posts, path_identity, posts.input_files, CRAWL_STAGES, keeps_splits=False),
 }
 
 

@@ -40,6 +40,11 @@ def media_files(directory: str | Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(media_dir.iterdir()) if p.is_file()}
 
 
+def input_files(directory: str | Path) -> list[Path]:
+    """Every file an archive's posts are read from: its `*.jsonl` files and its `media/` files."""
+    return [*sorted(Path(directory).glob("*.jsonl")), *media_files(directory).values()]
+
+
 def tweet_id(tweet: dict, where: str) -> str:
     value = field(tweet, "id", (str, int), where, required=True)
     if isinstance(value, int) and value < 0 or isinstance(value, str) and not ID_RE.fullmatch(value):

@@ -46,6 +46,13 @@ def release_image_files(directory: str | Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(images.iterdir()) if p.is_file()}
 
 
+def input_files(directory: str | Path) -> list[Path]:
+    """Every file a release's posts are read from: each split's `_src.txt` and side files, and `images/`."""
+    suffixes = ["src", *(suffix for columns in RELEASE_FEATURES.values() for suffix in columns.values())]
+    files = (Path(directory) / f"{split}_{suffix}.txt" for split in SPLITS for suffix in suffixes)
+    return [*(path for path in files if path.is_file()), *release_image_files(directory).values()]
+
+
 def release_feature_groups(directory: str | Path, split: str) -> list[str]:
     """Feature groups the release carries for a split: a group counts if any of its files is present."""
     directory = Path(directory)

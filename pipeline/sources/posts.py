@@ -39,6 +39,15 @@ def post_files(path: str | Path) -> list[Path]:
     return files
 
 
+def input_files(path: str | Path) -> list[Path]:
+    """The posts files read from `path` (none where it holds none: reading it then fails, naming the path).
+    The images the rows name are identified by their paths."""
+    try:
+        return post_files(path)
+    except (FileNotFoundError, ValueError):
+        return []
+
+
 def _csv_lines(path: Path, log: StageLog, position: list[int]) -> Iterator[str]:
     """A CSV file's lines for csv.reader, read through `capped_lines`; a line too long or not UTF-8 is
     rejected here and left out. `position[0]`: the number of the last line handed out (csv's own count

@@ -15,10 +15,11 @@ from pathlib import Path
 import luigi
 import pytest
 
-from pipeline import atomic
+from pipeline import atomic, inputs, shards
 from pipeline.faults import KILL_ENV
 from pipeline.fetch import ImageJournal, ImageStore
 from pipeline.guard import StaleOutputError
+from pipeline.sources import archive as archive_source
 from pipeline.tasks import BuildDataset
 from pipeline.text_tasks import CrawlTweets, crawl_key
 from test_api_crawl import server, token  # noqa: F401  (fixtures: the loopback API server and its token)
@@ -154,6 +155,51 @@ def test_other_parameters_or_another_input_are_refused_by_name(reference, tmp_pa
             for key in values:
                 config.remove_option(section, key)
     assert_same_dataset(out, expected)  # nothing was touched
+
+
+def test_an_input_file_replaced_under_its_path_is_refused_by_name(tmp_path):
+    archive, out = write_archive(tmp_path / "archive"), tmp_path / "out"
+    assert build(archive, out) == 0
+    expected = files(out)
+    record = out / "work" / "crawl" / inputs.RECORD_NAME
+    media = sorted((archive / "media").iterdir())
+
+    # The same bytes with a new time (a copy, a touch): accepted, nothing rebuilt, the record's time refreshed.
+    stat = media[0].stat()
+    os.utime(media[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert build(archive, out) == 0
+    found = files(out)
+    assert [name for name in expected if found[name] != expected[name]] == ["work/crawl/" + inputs.RECORD_NAME]
+    assert [e.sha256 for e in inputs.read_record(record, str(archive)).values()] == [
+        e["sha256"] for e in json.loads(expected["work/crawl/" + inputs.RECORD_NAME])["files"]]
+
+    # Other bytes under the same path, a page added, a file removed: refused, each named; nothing touched.
+    before = files(out)
+    media[0].write_bytes(media[0].read_bytes() + b"\0")
+    (archive / "more.jsonl").write_text((archive / "b.jsonl").read_text())
+    media[1].unlink()
+    with pytest.raises(StaleOutputError) as refused:
+        BuildDataset(source="archive", input=str(archive), output=str(out), features=[]).complete()
+    assert f"media/{media[0].name}: other bytes; media/{media[1].name}: removed; more.jsonl: added" in str(
+        refused.value)
+    assert build(archive, out) == 1
+    assert files(out) == before
+
+
+def test_the_input_is_hashed_only_where_size_or_mtime_changed(tmp_path, monkeypatch):
+    archive = write_archive(tmp_path / "archive")
+    listed = archive_source.input_files(archive)
+    stage = tmp_path / "crawl"
+    stage.mkdir()
+    hashed = []
+    monkeypatch.setattr(inputs, "sha256_file", lambda path: hashed.append(Path(path).name) or shards.sha256_file(path))
+    first = inputs.InputFiles(str(archive), listed, stage)
+    assert sorted(hashed) == sorted(p.name for p in listed)   # no record yet: every file read once
+    first.write(stage)
+    hashed.clear()
+    assert inputs.InputFiles(str(archive), listed, stage).digest() == first.digest() and hashed == []
+    os.utime(listed[-1], ns=(0, listed[-1].stat().st_mtime_ns + 1))
+    assert inputs.InputFiles(str(archive), listed, stage).digest() == first.digest() and hashed == [listed[-1].name]
 
 
 CRAWL = """
