@@ -44,7 +44,7 @@ def main():
         os.environ["OMP_THREAD_LIMIT"] = env
 
     start = time.perf_counter()
-    ours = ocr.read_images(paths, workers=args.workers)
+    ours = [reading.text for reading in ocr.read_images(paths, workers=args.workers)]
     ours_s = time.perf_counter() - start
 
     def accuracy(texts, kind=None):

@@ -67,7 +67,8 @@ def _json_attr(value):
     return value.item() if hasattr(value, "item") else value
 
 
-SHARD_CONTENT = ("counts",)     # keys of a group's `<group>_meta` that describe one shard's content
+# keys of a group's `<group>_meta` that describe one shard's content
+SHARD_CONTENT = ("counts", "ocr_timeout_posts")
 
 
 def shard_group_provenance(paths: list[Path], group: str) -> dict:

@@ -105,21 +105,24 @@ class RunOCR(ImageFeatureShard):
 
         post_ids, rows, paths = self.rows()
         start = time.perf_counter()
-        texts = ocr.read_images([str(p) for p in paths], workers=self.workers, tessdata=self.tessdata,
-                                progress=lambda done, rate: self.report(done, len(paths), start))
+        readings = ocr.read_images([str(p) for p in paths], workers=self.workers, tessdata=self.tessdata,
+                                   progress=lambda done, rate: self.report(done, len(paths), start))
         vocabulary = set(json.loads(Path(self.input()["vocabulary"].path).read_text())["words"])
         tokenize = ocr.social_tokenizer()
         raw, cleaned = [""] * len(post_ids), [""] * len(post_ids)
-        for row, text in zip(rows, texts):
-            raw[row] = text
-            cleaned[row] = " ".join(ocr.clean_ocr(text, vocabulary, tokenize))
+        for row, reading in zip(rows, readings):
+            raw[row] = reading.text
+            cleaned[row] = " ".join(ocr.clean_ocr(reading.text, vocabulary, tokenize))
+        # Images the deadline stopped keep what was read before it (nothing, where their worker was killed).
+        timed_out = [post_ids[row] for row, reading in zip(rows, readings) if reading.timed_out]
         counts = {"images": len(rows), "with_raw_text": sum(bool(raw[r]) for r in rows),
-                  "with_ocr_tokens": sum(bool(cleaned[r]) for r in rows)}
+                  "with_ocr_tokens": sum(bool(cleaned[r]) for r in rows), "ocr_timeout": len(timed_out)}
         # Not `import tesserocr` here: its OpenMP runtime must start in the pool's workers, with one thread each.
         meta = {"engine": f"tesserocr {importlib.metadata.version('tesserocr')}",
                 "tessdata": self.tessdata, "passes": "as is; light/dark glyphs binarised (first clean wins)",
                 "light_threshold": ocr.LIGHT_THRESHOLD, "dark_threshold": ocr.DARK_THRESHOLD,
-                "cleaning": "authors' process_ocr.py rules", "vocabulary_words": len(vocabulary), "counts": counts}
+                "cleaning": "authors' process_ocr.py rules", "vocabulary_words": len(vocabulary), "counts": counts,
+                "ocr_timeout_posts": timed_out}
         self.write(post_ids, {"ocr_raw": raw, "ocr_tokens": cleaned},
                    {"ocr_weights": "tesseract eng", "ocr_weights_sha256":
                     shards.sha256_file(Path(self.tessdata, "eng.traineddata")), "ocr_meta": meta,

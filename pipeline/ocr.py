@@ -9,9 +9,11 @@ confident words wins.
 
 Failures: each image's reading has a deadline (`OCR_TIMEOUT`, Tesseract's own cooperative timeout: layout
 analysis can overrun it by a few seconds); an image that reaches it keeps what the passes before read (often
-nothing) and is logged. A worker process that dies (a segfault in Tesseract, the OOM killer) breaks the pool,
-and `read_images` raises `OCRWorkerDied` at once instead of waiting for it: the shard fails, nothing is
-written, a rerun redoes it.
+nothing). The deadline is also enforced from outside: a worker still busy `KILL_GRACE` seconds after it (a
+Tesseract that never returns) is killed and replaced, and its image gets no text. Either way the image counts
+as timed out (`Reading.timed_out`, logged), and the shard goes on. A worker process that dies otherwise (a
+segfault in Tesseract, the OOM killer) makes `read_images` raise `OCRWorkerDied` at once instead of waiting for
+it: the shard fails, nothing is written, a rerun redoes it.
 
 Cleaning (as the authors' ext_feats/infer_OCR/process_ocr.py does it):
 tokenize like the posts (ekphrasis, lowercased), keep alphabetic tokens longer than one character that occur
@@ -25,12 +27,11 @@ import logging
 import multiprocessing
 import os
 import time
-from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections import Counter, deque
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -45,12 +46,18 @@ MIN_GLYPH_AREA = 8           # light blobs smaller than this (pixels) are noise
 MAX_GLYPH_SHARE = 0.25       # light blobs taller or wider than this share of the image are not glyphs
 CONFIDENT = 70               # Tesseract word confidence (0-100) counted as a confidently read word
 OCR_TIMEOUT = 60.0           # seconds of Tesseract per image, all passes together
+KILL_GRACE = 10.0            # seconds a worker may run past an image's deadline before it is killed
 
 log = logging.getLogger(__name__)
 
 
 class OCRWorkerDied(RuntimeError):
     pass
+
+
+class Reading(NamedTuple):
+    text: str                # raw OCR text ("" where nothing was read)
+    timed_out: bool          # the deadline stopped the reading (cooperatively, or by killing its worker)
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,7 @@ def _init_worker(tessdata: str, timeout: float) -> None:
 def silence_stderr() -> None:
     """Point this process's file descriptor 2 at /dev/null. Leptonica, inside Tesseract, writes a line such as
     `Error in boxClipToRectangle: box outside rectangle` there for harmless layout boxes, hundreds per corpus;
-    a worker's exceptions still reach the parent through the pool."""
+    a worker's exceptions still reach the parent through its pipe."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
@@ -172,33 +179,130 @@ def _read_decoded(image: Image.Image) -> tuple[str, bool]:
     return result.text, result.timed_out
 
 
-def _init_pool_worker(tessdata: str, timeout: float) -> None:
-    # a worker may start long after the pool (on demand): it sets its own OpenMP limit before tesserocr loads
+def _serve(connection, read: Callable[[Any], tuple[str, bool]], tessdata: str, timeout: float) -> None:
+    """A worker process: set up Tesseract, say so, then read one item per message until the pipe closes."""
+    # tesserocr is imported only here, so its OpenMP runtime starts after this limit is set
     os.environ["OMP_THREAD_LIMIT"] = "1"
     _init_worker(tessdata, timeout)
+    connection.send(None)
+    while True:
+        try:
+            item = connection.recv()
+        except EOFError:
+            return
+        try:
+            connection.send((True, read(item)))
+        except Exception as error:  # the caller's error, raised there (e.g. an image file that cannot be read)
+            connection.send((False, error))
+
+
+@dataclass
+class _Worker:
+    process: Any
+    connection: Any
+    ready: bool = False
+    job: int | None = None      # index of the item being read
+    started: float = 0.0        # time.monotonic() when it was sent
+
+
+class TesseractWorkers:
+    """Forked worker processes reading one item at a time, each with a hard deadline: a worker still busy
+    `timeout + grace` seconds after it was given an item is killed (SIGKILL) and replaced, and the item's reading
+    is `Reading("", True)`. A worker that dies on its own raises OCRWorkerDied (never a hang). Forked, not
+    spawned: callers need no `__main__` guard; a caller that also runs torch creates the workers before torch
+    starts its own threads."""
+
+    def __init__(self, read: Callable[[Any], tuple[str, bool]], workers: int = 0, tessdata: str = TESSDATA,
+                 timeout: float = OCR_TIMEOUT, grace: float = KILL_GRACE):
+        language_data(tessdata, "eng")  # checked here: a worker failing to start only says it died
+        self.context = multiprocessing.get_context("fork")
+        self.arguments = (read, tessdata, timeout)
+        self.kill_after = timeout + grace
+        self.workers = [self._start() for _ in range(workers or os.cpu_count() or 1)]
+
+    def _start(self) -> _Worker:
+        ours, theirs = self.context.Pipe()
+        process = self.context.Process(target=_serve, args=(theirs, *self.arguments), daemon=True)
+        process.start()
+        theirs.close()
+        return _Worker(process, ours)
+
+    def _stop(self, worker: _Worker) -> None:
+        worker.connection.close()
+        worker.process.kill()
+        worker.process.join()
+
+    def map(self, items: Sequence, progress: Callable[[int], None] | None = None) -> list[Reading]:
+        """Each item's reading, in order; `progress(done)` after each."""
+        readings: list[Reading | None] = [None] * len(items)
+        pending, done = deque(range(len(items))), 0
+        while done < len(items):
+            for worker in self.workers:
+                if worker.ready and worker.job is None and pending:
+                    worker.job, worker.started = pending.popleft(), time.monotonic()
+                    worker.connection.send(items[worker.job])
+            busy = [w.started + self.kill_after for w in self.workers if w.job is not None]
+            waited = max(0.0, min(busy) - time.monotonic()) if busy else None
+            ready = set(wait([w.connection for w in self.workers] + [w.process.sentinel for w in self.workers],
+                             waited))
+            for index, worker in enumerate(self.workers):
+                if worker.connection in ready or worker.process.sentinel in ready:
+                    message = self._receive(worker)
+                    if not worker.ready:
+                        worker.ready = True
+                        continue
+                    ok, value = message
+                    if not ok:
+                        raise value
+                    readings[worker.job], worker.job, done = Reading(*value), None, done + 1
+                elif worker.job is not None and time.monotonic() >= worker.started + self.kill_after:
+                    log.warning("OCR worker %d was still reading item %d %.0f s after it was given it: killed and "
+                                "replaced", worker.process.pid, worker.job, self.kill_after)
+                    readings[worker.job], done = Reading("", True), done + 1
+                    self._stop(worker)
+                    self.workers[index] = self._start()
+                else:
+                    continue
+                if progress:
+                    progress(done)
+        return readings
+
+    def _receive(self, worker: _Worker):
+        """The worker's next message; OCRWorkerDied if it died instead (its pipe closed, or its process gone
+        with nothing sent)."""
+        try:
+            if worker.connection.poll():
+                return worker.connection.recv()
+        except (EOFError, OSError):
+            pass
+        raise OCRWorkerDied(f"an OCR worker process died (killed by a signal or the OOM killer; exit code "
+                            f"{worker.process.exitcode})")
+
+    def close(self) -> None:
+        for worker in self.workers:
+            self._stop(worker)
+        self.workers = []
+
+    def __enter__(self) -> "TesseractWorkers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class OCRPool:
     """Tesseract worker processes kept for as many `read` calls as the caller makes (the tagger's: one pool for
-    its life, fed images it has decoded already). Workers start as in `read_images`: forked, one OpenMP thread
-    each; a caller that also runs torch creates the pool before torch has started its own threads."""
+    its life, fed images it has decoded already)."""
 
     def __init__(self, workers: int = 0, tessdata: str = TESSDATA, timeout: float = OCR_TIMEOUT):
-        language_data(tessdata, "eng")
-        self.workers = workers or os.cpu_count() or 1
-        self.pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("fork"), _init_pool_worker,
-                                        (tessdata, timeout))
+        self.workers = TesseractWorkers(_read_decoded, workers, tessdata, timeout)
 
     def read(self, images: Sequence[Image.Image]) -> list[str]:
         """Raw OCR text per decoded RGB image, in order; OCRWorkerDied if a worker process dies."""
-        try:
-            return [text for text, _ in self.pool.map(_read_decoded, images,
-                                                      chunksize=max(1, min(4, len(images) // self.workers)))]
-        except BrokenProcessPool:
-            raise OCRWorkerDied("an OCR worker process died (killed by a signal or the OOM killer)") from None
+        return [reading.text for reading in self.workers.map(images)]
 
     def close(self) -> None:
-        self.pool.shutdown()
+        self.workers.close()
 
     def __enter__(self) -> "OCRPool":
         return self
@@ -208,46 +312,32 @@ class OCRPool:
 
 
 def read_images(paths: Sequence[str], workers: int = 0, tessdata: str = TESSDATA,
-                progress: Callable[[int, float], None] | None = None, timeout: float = OCR_TIMEOUT) -> list[str]:
-    """Raw OCR text per image path, in order, across `workers` processes (0: all cores), at most `timeout`
-    seconds of Tesseract per image; OCRWorkerDied if a worker process dies.
+                progress: Callable[[int, float], None] | None = None, timeout: float = OCR_TIMEOUT,
+                grace: float = KILL_GRACE) -> list[Reading]:
+    """The reading of each image path, in order, across `workers` processes (0: all cores), at most `timeout`
+    seconds of Tesseract per image (a worker still busy `grace` seconds later is killed and replaced);
+    OCRWorkerDied if a worker process dies otherwise.
 
     `progress(done, images_per_second)` is called as results come in.
     """
     if not paths:
         return []
-    language_data(tessdata, "eng")  # checked here: a worker's initializer failing would only break the pool
-    workers = workers or os.cpu_count() or 1
     start = time.perf_counter()
-    results: list[str] = []
-    timed_out: list[str] = []
-    # Workers are forked (no __main__ guard needed in callers); tesserocr is imported only inside them, so its
-    # OpenMP runtime starts there, after OMP_THREAD_LIMIT is set.
-    env_before = os.environ.get("OMP_THREAD_LIMIT")
-    os.environ["OMP_THREAD_LIMIT"] = "1"   # read by Tesseract when a spawned worker starts
+
+    def report(done: int) -> None:
+        if progress:
+            progress(done, done / (time.perf_counter() - start))
+
     try:
-        # concurrent.futures, not multiprocessing.Pool: a worker that dies breaks this pool at once
-        # (BrokenProcessPool) where Pool would wait for its lost tasks forever.
-        with ProcessPoolExecutor(workers, multiprocessing.get_context("fork"), _init_worker,
-                                 (tessdata, timeout)) as pool:
-            for path, (text, stopped) in zip(paths, pool.map(_read_path, paths, chunksize=4)):
-                results.append(text)
-                if stopped:
-                    timed_out.append(path)
-                if progress:
-                    progress(len(results), len(results) / (time.perf_counter() - start))
-    except BrokenProcessPool:
-        raise OCRWorkerDied(f"an OCR worker process died (killed by a signal or the OOM killer) after "
-                            f"{len(results)} of {len(paths)} images; nothing of this batch is kept") from None
-    finally:
-        if env_before is None:
-            os.environ.pop("OMP_THREAD_LIMIT", None)
-        else:
-            os.environ["OMP_THREAD_LIMIT"] = env_before
+        with TesseractWorkers(_read_path, workers, tessdata, timeout, grace) as pool:
+            readings = pool.map(paths, report)
+    except OCRWorkerDied as died:
+        raise OCRWorkerDied(f"{died}; nothing of these {len(paths)} images is kept") from None
+    timed_out = [path for path, reading in zip(paths, readings) if reading.timed_out]
     if timed_out:
         log.warning("OCR stopped at the %.0f s deadline for %d of %d images (text kept: what was read before): %s",
                     timeout, len(timed_out), len(paths), ", ".join(timed_out[:20]))
-    return results
+    return readings
 
 
 # ---- cleaning ----------------------------------------------------------------------------------------

@@ -24,8 +24,10 @@ def rendered(tmp_path_factory):
 def test_pool_reads_rendered_text_with_word_accuracy_at_least_095(rendered):
     cases, blank = rendered
     progress = []
-    texts = ocr.read_images([p for p, _ in cases] + [blank], workers=2,
-                            progress=lambda done, rate: progress.append(done))
+    readings = ocr.read_images([p for p, _ in cases] + [blank], workers=2,
+                               progress=lambda done, rate: progress.append(done))
+    assert not any(reading.timed_out for reading in readings)
+    texts = [reading.text for reading in readings]
     assert len(texts) == len(cases) + 1
     accuracies = [ocr.word_accuracy(expected, text) for (_, expected), text in zip(cases, texts)]
     assert sum(accuracies) / len(accuracies) >= 0.95, list(zip(texts, accuracies))

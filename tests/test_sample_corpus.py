@@ -310,7 +310,7 @@ def test_pipeline_ocr_keeps_the_keyphrase_words_of_text_in_image_posts(corpus):
             posters[rec["images"][0]["kind"]].append(rec)
     subset = posters["ocr_text"][:8] + posters["ocr_outline"][:8]   # both styles, a few seconds of OCR
     assert len(subset) == 16
-    texts = ocr.read_images([str(out / rec["images"][0]["file"]) for rec in subset], workers=2)
+    texts = [r.text for r in ocr.read_images([str(out / rec["images"][0]["file"]) for rec in subset], workers=2)]
     kept_keyphrase = 0
     for rec, text in zip(subset, texts):
         tokens = ocr.clean_ocr(text, vocabulary, tokenize)
