@@ -8,14 +8,17 @@ training) and copies the small files it names into `RUN/featurisation/`:
                        statistics / learned-mapping files and the manual mapping list (path + sha256), and the
                        training filters' parameters (for `--filters train`)
     image_checks       max_bytes, max_pixels, require_jpeg of the image stage
-    groups             per feature group the model reads (ocr, attributes, vgg or butd) and the training shards
-                       hold: the shards' provenance attributes (`<group>_weights`, `_weights_sha256`, `_meta`)
-                       and whether they came from seeded random weights
+    groups             per feature group the model reads (ocr, attributes, vgg or butd, text_embedding) and the
+                       training shards hold: the shards' provenance attributes (`<group>_weights`,
+                       `_weights_sha256`, `_meta`) and whether they came from seeded random weights;
+                       text_embedding also says whether its encoder read the OCR tokens after the post's
+                       (`appends_ocr`; OCR is then computed for new posts even where the model itself does not
+                       read it)
     files              every copied file with its sha256 (the OCR cleaning vocabulary, the segmenter corpus)
 
 `check_featurisation` verifies all of it before any post is read: the copied files against their checksums,
 each weights file (an enum entry's file in the torch cache, a local file, the attribute predictor, Tesseract's
-language data) against the sha256 the shards recorded. Every problem is collected into one
+language data, the sentence encoder's safetensors) against the sha256 the shards recorded. Every problem is collected into one
 `FeaturisationError` naming what differs and where it is expected. Seeded random weights need no file: the
 same seed rebuilds the same weights.
 
@@ -36,6 +39,7 @@ FILES_DIR = "featurisation"
 VERSION = 1
 # Carried by a CMKP release rather than computed (pipeline.text_tasks.ReleaseFeatureShard).
 CARRIED = "cmkp-release"
+TEXT_EMBEDDING = "text_embedding"
 
 
 class FeaturisationError(ValueError):
@@ -51,6 +55,8 @@ def model_groups(config) -> list[str]:
         groups.append("attributes")
     if config.vision != "none":
         groups.append(config.vision)
+    if config.uses_text_embedding:
+        groups.append(TEXT_EMBEDDING)
     return groups
 
 
@@ -152,6 +158,13 @@ def write_featurisation(data_dir: str | Path, run_dir: str | Path, config, train
             groups = set(json.loads(f.attrs.get("features", "[]")))
         shard_features = groups if not shard_features else shard_features & groups
     groups = {g: shard_group_provenance(train_shards, g) for g in model_groups(config) if g in shard_features}
+    if TEXT_EMBEDDING in groups:
+        # EmbedPosts reads the post's tokens, then its OCR tokens where the shards hold OCR (and it was asked to)
+        embed = _task_parameters(parameters, "EmbedPosts")
+        appends_ocr = "ocr" in shard_features and str(embed.get("text_embedding_ocr", True)).lower() == "true"
+        groups[TEXT_EMBEDDING]["appends_ocr"] = appends_ocr
+        if appends_ocr and "ocr" not in groups:
+            groups = {"ocr": shard_group_provenance(train_shards, "ocr"), **groups}
     record = {
         "version": VERSION,
         "dataset": {"path": str(data_dir.resolve()), "source": source, "pipeline_version": pipeline_version,
@@ -212,8 +225,20 @@ def _ocr_file(entry: dict) -> Path:
                         "Install tesseract-ocr (the training run's language data).")
 
 
+def _text_embedding_file(entry: dict) -> Path:
+    from pipeline.text_embedding import WEIGHTS_FILE, resolve_model
+    from pipeline.weights import require_file
+
+    name = entry["weights"]
+    # a local directory is recorded by its absolute path; a Hub id is looked up in the caches and packages
+    directory = Path(name) if Path(name).is_absolute() else resolve_model(name)[0]
+    return require_file(directory / WEIGHTS_FILE, f"sentence encoder {name} (text_embedding features)",
+                        "It is the model the training shards' text_embedding group was computed with.")
+
+
 # Group -> the weights file its recorded provenance names (None: seeded random weights, nothing to check).
-GROUP_FILES = {"ocr": _ocr_file, "attributes": _attributes_file, "vgg": _vgg_file, "butd": _butd_file}
+GROUP_FILES = {"ocr": _ocr_file, "attributes": _attributes_file, "vgg": _vgg_file, "butd": _butd_file,
+               TEXT_EMBEDDING: _text_embedding_file}
 
 
 @dataclass
@@ -270,7 +295,14 @@ def check_featurisation(run_dir: str | Path, config) -> Featurisation:
                 problems.append(f"hashtag segmenter ({kind}): {found} has sha256 {_sha256(found)}, training "
                                 f"used {entry['sha256']}")
     groups, carried = {}, []
-    for group in model_groups(config):
+    needed = model_groups(config)
+    embedding = record["groups"].get(TEXT_EMBEDDING)
+    if TEXT_EMBEDDING in needed and embedding is None:
+        problems.append(f"{TEXT_EMBEDDING}: the model reads the posts' sentence embeddings, but {path} does not "
+                        f"record which encoder made them (written by an older cmkp-train): retrain the run")
+    if embedding is not None and embedding.get("appends_ocr") and "ocr" not in needed:
+        needed.insert(0, "ocr")         # the encoder read the OCR tokens, though the model does not
+    for group in needed:
         entry = record["groups"].get(group)
         if entry is None:
             continue            # the training shards lacked it: the model learned without it

@@ -10,13 +10,16 @@ Featurisation is the training run's, checked before anything is loaded (`model.p
 tokenizer with the run's hashtag segmenter (trailing hashtags removed from the input and kept as `gold`, mid-post
 ones segmented into words), OCR cleaned against the run's vocabulary, VGG / BUTD / attributes rebuilt from the
 shards' recorded weights and settings, and refused where the rebuilt extractor describes itself differently.
+A model that reads the posts' sentence embeddings (`ModelConfig.uses_text_embedding`) gets them from the encoder
+the training shards record (name, weights sha256, pooling), reading what the pipeline's `EmbedPosts` read: the
+post's tokens, then its OCR tokens where training appended them.
 
 A post's image may be a path, an http(s) URL, bytes or a PIL image; it is checked as the pipeline checks images
 (`pipeline.images.validate_image`) and decoded once, and every feature group reads that one decoded image. A post
 without an image, or whose image is rejected, is tagged from its text with the vision modality absent (its
 `modalities` say so, `image_rejected` says why). Identical posts are featurised and ranked once and share the
-answer. All stages run batched: OCR in a process pool kept for the tagger's life, the extractors and the model
-`batch_size` posts at a time on the device.
+answer. All stages run batched: OCR in a process pool kept for the tagger's life, the extractors, the sentence
+encoder and the model `batch_size` posts at a time on the device.
 """
 from __future__ import annotations
 
@@ -34,10 +37,10 @@ import torch
 
 from model.beam import candidates_batch, rank_scores
 from model.data import MAX_ATTRIBUTES, Post, collate, encode_post
-from model.provenance import Featurisation, FeaturisationError, check_featurisation
+from model.provenance import TEXT_EMBEDDING, Featurisation, FeaturisationError, check_featurisation
 from model.train import CHECKPOINT, load_checkpoint, resolve_device
 
-STAGES = ("decode", "text", "ocr", "attributes", "vgg", "butd", "model")
+STAGES = ("decode", "text", "ocr", "attributes", "vgg", "butd", "text_embedding", "model")
 # Recorded extractor settings that may differ without changing the features' meaning.
 RUNTIME_KEYS = {"device", "batch_size", "versions", "precision", "precision_requested", "precision_reason"}
 
@@ -94,9 +97,6 @@ class Tagger:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"{checkpoint} is missing: RUN_DIR is a cmkp-train output directory")
         config = cls._config(checkpoint)
-        if getattr(config, "memory_embedding", False):
-            raise FeaturisationError(f"{run_dir}: its keyphrase memory compares sentence embeddings "
-                                     f"(memory_embedding); tagging does not compute the text_embedding group yet")
         featurisation = check_featurisation(run_dir, config)
         notes = [f"{g}: carried by the CMKP release in training; absent for new posts (no OCR / attribute "
                  f"model to compute it)" for g in featurisation.carried]
@@ -114,6 +114,8 @@ class Tagger:
             if "ocr" in featurisation.groups:
                 extractors["ocr"] = cls._ocr(featurisation)
             model = load_checkpoint(checkpoint, dev)
+            if TEXT_EMBEDDING in extractors:
+                cls._check_memory_embeddings(model, extractors[TEXT_EMBEDDING], checkpoint)
             tokenizer = cls._tokenizer(featurisation)
         except BaseException:
             if ocr_pool is not None:
@@ -155,12 +157,37 @@ class Tagger:
         return {"vocabulary": vocabulary, "tokenize": ocr.social_tokenizer(), "clean": ocr.clean_ocr}
 
     @staticmethod
+    def _check_memory_embeddings(model, encoder, checkpoint: Path) -> None:
+        """The keyphrase memory's training posts were embedded by the encoder this tagger built."""
+        from model.data import check_text_embedding, text_embedding_provenance
+
+        if model.memory is None or model.memory.embedding_provenance is None:
+            return
+        try:
+            check_text_embedding(model.memory.embedding_provenance,
+                                 text_embedding_provenance(encoder.info.attrs(TEXT_EMBEDDING)), f"{checkpoint}")
+        except ValueError as err:
+            raise FeaturisationError(f"{TEXT_EMBEDDING}: the keyphrase memory of {err}") from err
+
+    @staticmethod
     def _build(group: str, entry: dict, device: torch.device, batch_size: int, notes: list[str]):
         """The group's extractor rebuilt from its recorded provenance; refused where it describes itself
         differently from the training shards' record."""
         from pipeline.weights import spec_of
 
         meta = _loads(entry["meta"])
+        if group == TEXT_EMBEDDING:
+            from model.data import check_text_embedding, text_embedding_provenance
+            from pipeline.text_embedding import TextEncoder
+
+            encoder = TextEncoder(entry["weights"], device=str(device), batch_size=batch_size)
+            recorded = {"weights": entry["weights"], "sha256": entry["weights_sha256"], "meta": meta}
+            try:
+                check_text_embedding(recorded, text_embedding_provenance(encoder.info.attrs(group)), "new posts")
+            except ValueError as err:
+                raise FeaturisationError(f"{group}: the encoder this run builds differs from the one the training "
+                                         f"shards record: {err}") from err
+            return encoder
         if group == "vgg":
             import dataclasses
 
@@ -237,6 +264,11 @@ class Tagger:
         return list(self.featurisation.groups)
 
     @property
+    def image_groups(self) -> list[str]:
+        """Those computed from the post's image."""
+        return [g for g in self.groups if g != TEXT_EMBEDDING]
+
+    @property
     def random_weights(self) -> bool:
         return self.featurisation.random_weights
 
@@ -266,7 +298,7 @@ class Tagger:
                 setattr(prepared, name, post[column].split() if isinstance(post[column], str) else post[column])
         self.timings["text"] += time.perf_counter() - start
         image = post.get("image")
-        if image is not None and image != "" and self.groups:     # a text-only model never decodes images
+        if image is not None and image != "" and self.image_groups:    # a text-only model never decodes images
             start = time.perf_counter()
             self._decode(prepared, image)
             self.timings["decode"] += time.perf_counter() - start
@@ -313,7 +345,7 @@ class Tagger:
         computed: dict[str, list] = {}
         if not images:
             return
-        for group in self.groups:
+        for group in self.image_groups:
             start = time.perf_counter()
             computed[group] = self._group_features(group, images)
             self.timings[group] += time.perf_counter() - start
@@ -367,13 +399,13 @@ class Tagger:
         """The model on one batch of posts whose features are computed: ranked keyphrases with scores.
         Identical inputs are encoded and ranked once; `answered` (model input -> ranking) carries the
         rankings of earlier batches, so that a duplicate gets the same answer wherever it falls."""
-        start = time.perf_counter()
+        start, embedding_s = time.perf_counter(), self.timings[TEXT_EMBEDDING]
         answered = {} if answered is None else answered
         c = self.model.config
         top = top or c.n_best
         n_best = max(c.n_best, top)
         vision = c.vision if c.vision in self.groups else None
-        keys, encoded, items = [], {}, []
+        keys, encoded = [], {}          # model input -> (Post, image features)
         for p in posts:
             ocr = p.ocr if p.ocr is not None else p.features.get("ocr", [])
             attributes = (p.attributes if p.attributes is not None else p.features.get("attributes", []))
@@ -381,15 +413,33 @@ class Tagger:
             key = (tuple(p.tokens), tuple(ocr), tuple(attributes), p.image_key if image is not None else "")
             keys.append(key)
             if key not in answered and key not in encoded:
-                encoded[key] = Post(p.id, p.tokens, ocr, attributes[:MAX_ATTRIBUTES], [], image is not None, 0, 0)
-                items.append((encode_post(encoded[key], len(items), self.model.vocabs, c), image, None))
-        if items:
+                encoded[key] = (Post(p.id, p.tokens, ocr, attributes[:MAX_ATTRIBUTES], [], image is not None, 0, 0),
+                                image)
+        if encoded:
+            embeddings = self._embed([post for post, _ in encoded.values()])
+            items = [(encode_post(post, i, self.model.vocabs, c), image,
+                      embeddings[i] if embeddings is not None else None)
+                     for i, (post, image) in enumerate(encoded.values())]
             batch = collate(items).to(self.device)
             for key, cands in zip(encoded, candidates_batch(self.model, batch)):
                 scores = rank_scores(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight)
-                answered[key] = (encoded[key], list(scores.items())[:n_best])
-        self.timings["model"] += time.perf_counter() - start
+                answered[key] = (encoded[key][0], list(scores.items())[:n_best])
+        self.timings["model"] += time.perf_counter() - start - (self.timings[TEXT_EMBEDDING] - embedding_s)
         return [self._result(p, answered[key][0], answered[key][1][:top], vision) for p, key in zip(posts, keys)]
+
+    def _embed(self, posts: list[Post]) -> torch.Tensor | None:
+        """The posts' sentence embeddings [B, D], as `EmbedPosts` computes them, where the model reads them."""
+        encoder = self.extractors.get(TEXT_EMBEDDING)
+        if encoder is None:
+            return None
+        from pipeline.text_embedding import embedding_text
+
+        start = time.perf_counter()
+        appends_ocr = self.featurisation.groups[TEXT_EMBEDDING]["appends_ocr"]
+        vectors = encoder([embedding_text(" ".join(p.tokens), " ".join(p.ocr) if appends_ocr else "")
+                           for p in posts])
+        self.timings[TEXT_EMBEDDING] += time.perf_counter() - start
+        return torch.from_numpy(vectors)
 
     def _result(self, prepared: PreparedPost, post: Post, ranked: list, vision: str | None) -> dict:
         c = self.model.config

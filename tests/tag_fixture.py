@@ -1,7 +1,9 @@
 """A tiny trained run for the tagging tests: a twarc2 archive of 30 posts on three topics, each topic with its
 own photo (scikit-image samples, small and slightly varied), built by BuildDataset with every feature group but
-BUTD from seeded random weights (VGG, a ResNet-18 attribute predictor trained two epochs at 32 pixels), then a
-tiny unified model trained on it with `model.train.train`, and a text-only one beside it."""
+BUTD from seeded random weights (VGG, a ResNet-18 attribute predictor trained two epochs at 32 pixels; sentence
+embeddings from the tiny random encoder of tests/conftest.py), then a tiny unified model trained on it with
+`model.train.train`, a text-only one and one with the hybrid keyphrase memory (the default configuration)
+beside it."""
 from __future__ import annotations
 
 import io
@@ -22,7 +24,7 @@ TOPICS = {  # hashtag -> (photo, words of its posts)
     "CatLife": (skimage.data.chelsea, ["kitty", "purr", "nap", "whiskers", "paws"]),
     "DeepSpace": (skimage.data.hubble_deep_field, ["stars", "galaxy", "night", "telescope", "cosmos"]),
 }
-FEATURES = ["ocr", "attributes", "vgg"]
+FEATURES = ["ocr", "attributes", "vgg", "text_embedding"]
 CONFIG = {
     "ExtractVGG": {"vgg_weights": "random:0", "vgg_precision": "fp32", "device": "cpu"},
     "TrainAttributePredictor": {"attribute_arch": "resnet18", "attribute_backbone_weights": "random:0",
@@ -96,28 +98,30 @@ class luigi_settings:
                 config.set(section, key, value)
 
 
-def build_runs(root: Path) -> dict[str, Path]:
-    """The archive, its dataset and two runs (`image`: the unified model with VGG, OCR and attributes;
-    `text`: the same model on the text alone)."""
+def build_runs(root: Path, text_encoder: Path) -> dict[str, Path]:
+    """The archive, its dataset and three runs (`image`: the unified model with VGG, OCR and attributes;
+    `text`: the same model on the text alone; `hybrid`: the default configuration, whose keyphrase memory also
+    compares the posts' sentence embeddings from `text_encoder`, a model directory)."""
     from model.config import load_config
     from model.train import train
     from pipeline.tasks import BuildDataset
 
     archive = write_topic_archive(root / "archive", topic_posts())
     data = root / "data"
-    with luigi_settings(CONFIG):
+    with luigi_settings({**CONFIG, "EmbedPosts": {"text_embedding_model": str(text_encoder), "device": "cpu"}}):
         assert luigi.build([BuildDataset(source="archive", input=str(archive), output=str(data),
                                          features=FEATURES)], local_scheduler=True, workers=1)
-    runs = {"image": root / "run-image", "text": root / "run-text"}
+    runs = {"image": root / "run-image", "text": root / "run-text", "hybrid": root / "run-hybrid"}
     configs = {"image": {"base": "gen-cls-m3h-att", **TINY},
                "text": {"base": "gen-cls-m3h-att", "vision": "none", "use_attributes": False,
-                        "image_wordings": False, **TINY}}
+                        "image_wordings": False, **TINY},
+               "hybrid": {"base": "gen-cls-m3h-att-hybrid", **TINY}}
     for name, fields in configs.items():
         path = root / f"{name}.json"
         path.write_text(json.dumps(fields))
         train(load_config(str(path)), data, runs[name], seed=1, device="cpu", allow_random_features=True,
               log=lambda message: None, progress=False)
-    return {"archive": archive, "data": data, **runs}
+    return {"archive": archive, "data": data, "text_encoder": text_encoder, **runs}
 
 
 def gray_jpeg() -> bytes:

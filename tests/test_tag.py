@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from model.data import Post
 from model.provenance import FEATURISATION, FeaturisationError
 from model.tagging import Tagger, score
 from pipeline import shards
@@ -29,8 +30,8 @@ from test_api_crawl import TWEETS, server, token  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    return build_runs(tmp_path_factory.mktemp("tag"))
+def runs(tmp_path_factory, tiny_text_encoder):
+    return build_runs(tmp_path_factory.mktemp("tag"), tiny_text_encoder)
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +275,111 @@ def test_cmkp_tag_on_standard_input_with_scores(runs, tmp_path):
     assert lines[0]["gold"] == ["coffee time"] and lines[1]["gold"] == ["deep space"]
     assert "3 posts read: 2 tagged, 1 rejected" in result.stderr
     assert json.loads(result.stderr.strip().splitlines()[-1]) == score(lines[:2])
+
+
+# ---- the default configuration: a keyphrase memory that compares sentence embeddings ----------------------------
+
+def archive_posts(runs) -> dict[str, dict]:
+    """The dataset's posts as new posts from the raw archive (text, entities, image), by id."""
+    return {t["id"]: {"id": t["id"], "text": t["text"], "entities": t["entities"],
+                      "image": str(runs["archive"] / "media" / f"{key}.jpg")} for t, key, _ in topic_posts()}
+
+
+def test_hybrid_run_tags_its_dataset_as_cmkp_predict_ranks_it(runs, tmp_path):
+    """The hybrid run's dataset tagged as new posts from the raw archive: each post's sentence embedding is its
+    shard row's, and its ranking is the one cmkp-predict writes for that split."""
+    from model.cli import predict
+
+    archive = archive_posts(runs)
+    with Tagger.load(runs["hybrid"], device="cpu", ocr_workers=1, batch_size=8) as hybrid:
+        assert hybrid.groups == ["ocr", "attributes", "vgg", "text_embedding"]
+        assert hybrid.describe()["groups"]["text_embedding"]["weights"] == str(runs["text_encoder"].resolve())
+        compared = 0
+        for split in ("train", "valid", "test"):
+            (path,) = sorted((runs["data"] / split).glob("shard-*.h5"))
+            rows = shards.read_shard(path)
+            out = tmp_path / f"{split}.txt"
+            result = CliRunner().invoke(predict, ["--model", str(runs["hybrid"] / "model.pt"), "--data",
+                                                  str(runs["data"]), "--split", split, "--out", str(out),
+                                                  "--device", "cpu"])
+            assert result.exit_code == 0, result.output
+            expected = [line.split(";") for line in out.read_text().splitlines()]
+            prepared = [hybrid.prepare(archive[i]) for i in rows["post_id"]]
+            hybrid._features(prepared)
+            posts = [Post(p.id, p.tokens, p.features["ocr"], p.features["attributes"], [], True, 0, 0)
+                     for p in prepared]
+            np.testing.assert_allclose(hybrid._embed(posts).numpy(), rows["text_embedding"], atol=1e-5)
+            results = hybrid.tag_prepared(prepared)
+            assert [[k["text"] for k in r["keyphrases"]] for r in results] == expected
+            compared += len(results)
+        assert compared == 30
+        assert hybrid.timings["text_embedding"] > 0
+
+
+def test_hybrid_run_through_tagposts_and_cmkp_tag(runs, tmp_path):
+    from model.cli import tag
+
+    posts_file = new_posts_file(tmp_path / "in")
+    out = tag_posts(runs, "posts", posts_file, tmp_path / "out", run="hybrid")
+    assert out["report"]["tagged"] == 5 and out["report"]["rejected"] == {"malformed_json": 1}
+    assert "text_embedding" in out["report"]["tagger"]["groups"]
+    with Tagger.load(runs["hybrid"], device="cpu", ocr_workers=1) as hybrid:
+        rows = [json.loads(line) for line in posts_file.read_text().splitlines()[:5]]
+        for row in rows:
+            row["image"] = str(posts_file.parent / row["image"]) if "image" in row else None
+        alone = hybrid.tag(rows)
+    for result in alone:
+        line = out["lines"][result["id"]]
+        assert [k["text"] for k in line["keyphrases"]] == [k["text"] for k in result["keyphrases"]]
+        assert [k["score"] for k in line["keyphrases"]] == pytest.approx([k["score"] for k in result["keyphrases"]],
+                                                                          abs=1e-5)
+    assert out["lines"]["n1"]["keyphrases"] == out["lines"]["n2"]["keyphrases"]
+    stdin = "".join(json.dumps({k: v for k, v in row.items() if k != "image"}) + "\n" for row in rows)
+    result = CliRunner().invoke(tag, ["--model", str(runs["hybrid"]), "--device", "cpu", "--ocr-workers", "1"],
+                                input=stdin)
+    assert result.exit_code == 0, result.output + result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    with Tagger.load(runs["hybrid"], device="cpu", ocr_workers=1) as hybrid:
+        assert lines == hybrid.tag([{k: v for k, v in row.items() if k != "image"} for row in rows])
+
+
+def hybrid_copy(runs, tmp_path, change) -> Path:
+    """A copy of the hybrid run whose featurisation record's text_embedding entry `change` edits."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["hybrid"], run)
+    record = json.loads((run / FEATURISATION).read_text())
+    change(record["groups"]["text_embedding"], record)
+    (run / FEATURISATION).write_text(json.dumps(record))
+    return run
+
+
+def test_refusal_on_another_or_a_missing_sentence_encoder(runs, tmp_path):
+    weights = runs["text_encoder"].resolve() / "model.safetensors"
+    run = hybrid_copy(runs, tmp_path / "sha", lambda entry, _: entry.update(weights_sha256="cd" * 32))
+    with pytest.raises(FeaturisationError, match=rf"text_embedding: weights {re.escape(str(weights))} have sha256 "
+                                                 rf"[0-9a-f]{{64}}, .*{'cd' * 32}"):
+        Tagger.load(run, device="cpu")
+    task = TagPosts(model=str(run), source="posts", input=str(new_posts_file(tmp_path / "in")),
+                    output=str(tmp_path / "out"), device="cpu")
+    assert not luigi.build([task], local_scheduler=True, workers=1)
+    out = tmp_path / "out"  # no work at all
+    assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[1] not in
+                  ("locks", "identity")) == []
+    gone = tmp_path / "gone" / "tiny-bert"
+    run = hybrid_copy(runs, tmp_path / "gone-run", lambda entry, _: entry.update(weights=str(gone)))
+    with pytest.raises(FeaturisationError, match=r"text_embedding: sentence encoder .*expected at "
+                                                 + re.escape(str(gone / "model.safetensors"))):
+        Tagger.load(run, device="cpu")
+    run = hybrid_copy(runs, tmp_path / "hub", lambda entry, _: entry.update(weights="no-such-org/no-such-model"))
+    with pytest.raises(FeaturisationError, match=r"text_embedding: .*'no-such-org/no-such-model': not a directory"):
+        Tagger.load(run, device="cpu")
+    # The same files, pooled otherwise: refused once the encoder is built, before any post is read.
+    run = hybrid_copy(runs, tmp_path / "pool",
+                      lambda entry, _: entry.update(meta={**entry["meta"], "pooling": "cls"}))
+    with pytest.raises(FeaturisationError, match=r"text_embedding: the encoder this run builds differs .*'pooling': "
+                                                 r"'mean'.*'pooling': 'cls'"):
+        Tagger.load(run, device="cpu")
+    # A record that does not say which encoder embedded the training posts.
+    run = hybrid_copy(runs, tmp_path / "old", lambda _, record: record["groups"].pop("text_embedding"))
+    with pytest.raises(FeaturisationError, match="does not record which encoder made them"):
+        Tagger.load(run, device="cpu")

@@ -1,6 +1,5 @@
-"""The text embedding encoder and its pipeline stage, on a tiny random BERT saved here in Hugging Face layout;
-one test on the real all-MiniLM-L6-v2 where its package is installed."""
-import json
+"""The text embedding encoder and its pipeline stage, on a tiny random BERT in Hugging Face layout
+(tests/conftest.py); one test on the real all-MiniLM-L6-v2 where its package is installed."""
 import os
 import sys
 
@@ -17,36 +16,10 @@ from pipeline.weights import WeightsNotFoundError  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from test_text_tasks import build, write_release  # noqa: E402
 
-WORDS = ("so excited for the game tonight new album out now url happy birthday user number years look at this "
-         "sunset rain again in city go team limited").split()
 
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A 2-layer, 32-wide BERT with seeded random weights, its WordPiece vocabulary and mean pooling."""
-    import torch
-    import transformers
-
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    vocab = directory / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<", ">", "!", "."]
-                               + list(dict.fromkeys(WORDS))) + "\n")
-    tokenizer = transformers.BertTokenizer(str(vocab))
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    (directory / "1_Pooling").mkdir()
-    (directory / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-         "pooling_mode_max_tokens": False}))
-    return directory
-
-
-def test_encoder_gives_unit_vectors_independent_of_batching(tiny_model):
+def test_encoder_gives_unit_vectors_independent_of_batching(tiny_text_encoder):
     texts = ["so excited for the game tonight !", "", "rain again in the city", "go team go limited"]
-    encoder = TextEncoder(str(tiny_model), device="cpu", batch_size=2)
+    encoder = TextEncoder(str(tiny_text_encoder), device="cpu", batch_size=2)
     vectors = encoder(texts)
     assert vectors.shape == (4, 32) and vectors.dtype == np.float32
     assert np.isfinite(vectors).all()
@@ -54,13 +27,13 @@ def test_encoder_gives_unit_vectors_independent_of_batching(tiny_model):
     one_by_one = np.concatenate([encoder([t]) for t in texts])
     np.testing.assert_allclose(vectors, one_by_one, atol=1e-5)
     assert np.abs(vectors[0] - vectors[2]).max() > 1e-3
-    assert encoder.info.sha256 == shards.sha256_file(tiny_model / "model.safetensors")
+    assert encoder.info.sha256 == shards.sha256_file(tiny_text_encoder / "model.safetensors")
     assert encoder.info.meta["pooling"] == "mean" and encoder.info.meta["dim"] == 32
 
 
-def test_pinned_weights_are_checked_at_load(tiny_model, monkeypatch):
+def test_pinned_weights_are_checked_at_load(tiny_text_encoder, monkeypatch):
     # The tiny model's files found under the known model's name: their sha256 is not the pinned one.
-    monkeypatch.setattr(text_embedding, "_hub_cache_dir", lambda repo: tiny_model)
+    monkeypatch.setattr(text_embedding, "_hub_cache_dir", lambda repo: tiny_text_encoder)
     with pytest.raises(ValueError, match="expected 53aa5117"):
         TextEncoder(text_embedding.DEFAULT_MODEL, device="cpu")
 
@@ -78,14 +51,14 @@ def test_embedding_text_appends_ocr():
 
 
 @pytest.fixture
-def tiny_model_config(tiny_model):
+def tiny_encoder_config(tiny_text_encoder):
     config = luigi.configuration.get_config()
     if not config.has_section("EmbedPosts"):
         config.add_section("EmbedPosts")
     saved = {key: config.get("EmbedPosts", key, None) for key in ("text_embedding_model", "device")}
-    config.set("EmbedPosts", "text_embedding_model", str(tiny_model))
+    config.set("EmbedPosts", "text_embedding_model", str(tiny_text_encoder))
     config.set("EmbedPosts", "device", "cpu")
-    yield tiny_model
+    yield tiny_text_encoder
     for key, value in saved.items():
         if value is None:
             config.remove_option("EmbedPosts", key)
@@ -93,12 +66,12 @@ def tiny_model_config(tiny_model):
             config.set("EmbedPosts", key, value)
 
 
-def test_cmkp_release_gets_text_embeddings(tmp_path, tiny_model_config):
+def test_cmkp_release_gets_text_embeddings(tmp_path, tiny_encoder_config):
     """A release without images: the group is computed from the posts' tokens and the release's OCR."""
     release = write_release(tmp_path / "release", with_valid_ocr=True)
     out = tmp_path / "out"
     assert build(release, out, features=["text_embedding"]) == luigi.LuigiStatusCode.SUCCESS
-    encoder = TextEncoder(str(tiny_model_config), device="cpu")
+    encoder = TextEncoder(str(tiny_encoder_config), device="cpu")
     expected_groups = {"train": ["ocr", "attributes", "text_embedding"], "valid": ["ocr", "text_embedding"]}
     for split, groups in expected_groups.items():
         (path,) = sorted((out / split).glob("shard-*.h5"))
@@ -109,7 +82,7 @@ def test_cmkp_release_gets_text_embeddings(tmp_path, tiny_model_config):
         assert vectors.shape == (len(data["post_id"]), attrs["text_embedding_meta"]["dim"])
         assert vectors.dtype == np.float32 and np.isfinite(vectors).all()
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
-        assert attrs["text_embedding_weights"] == str(tiny_model_config.resolve())
+        assert attrs["text_embedding_weights"] == str(tiny_encoder_config.resolve())
         assert attrs["text_embedding_weights_sha256"] == encoder.info.sha256
         assert attrs["text_embedding_meta"]["pooling"] == "mean" and attrs["random_weights"] is False
         texts = [embedding_text(t, o) for t, o in zip(data["tokens"], data["ocr_tokens"])]
@@ -129,10 +102,10 @@ def test_real_minilm_loads_offline_and_matches_meaning():
     assert float(a @ b) > float(a @ c) + 0.2
 
 
-def test_provenance_check_refuses_another_model(tiny_model):
+def test_provenance_check_refuses_another_model(tiny_text_encoder):
     from model.data import check_text_embedding, text_embedding_provenance
 
-    info = TextEncoder(str(tiny_model), device="cpu").info
+    info = TextEncoder(str(tiny_text_encoder), device="cpu").info
     ours = text_embedding_provenance(info.attrs("text_embedding"))
     assert ours["sha256"] == info.sha256 and ours["meta"]["dim"] == 32
     moved = {**ours, "weights": "/elsewhere/tiny-bert", "meta": {**ours["meta"], "transformers": "0.0"}}
