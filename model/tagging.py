@@ -115,7 +115,7 @@ class Tagger:
                 extractors["ocr"] = cls._ocr(featurisation)
             model = load_checkpoint(checkpoint, dev)
             if TEXT_EMBEDDING in extractors:
-                cls._check_memory_embeddings(model, extractors[TEXT_EMBEDDING], checkpoint)
+                cls._check_embedded_as_trained(model, extractors[TEXT_EMBEDDING], checkpoint)
             tokenizer = cls._tokenizer(featurisation)
         except BaseException:
             if ocr_pool is not None:
@@ -157,17 +157,16 @@ class Tagger:
         return {"vocabulary": vocabulary, "tokenize": ocr.social_tokenizer(), "clean": ocr.clean_ocr}
 
     @staticmethod
-    def _check_memory_embeddings(model, encoder, checkpoint: Path) -> None:
-        """The keyphrase memory's training posts were embedded by the encoder this tagger built."""
-        from model.data import check_text_embedding, text_embedding_provenance
+    def _check_embedded_as_trained(model, encoder, checkpoint: Path) -> None:
+        """The model's training posts were embedded by the encoder this tagger built."""
+        from model.data import text_embedding_provenance
+        from model.train import check_embedded_as_trained
 
-        if model.memory is None or model.memory.embedding_provenance is None:
-            return
         try:
-            check_text_embedding(model.memory.embedding_provenance,
-                                 text_embedding_provenance(encoder.info.attrs(TEXT_EMBEDDING)), f"{checkpoint}")
+            check_embedded_as_trained(model, text_embedding_provenance(encoder.info.attrs(TEXT_EMBEDDING)),
+                                      f"{TEXT_EMBEDDING}: {checkpoint}, new posts")
         except ValueError as err:
-            raise FeaturisationError(f"{TEXT_EMBEDDING}: the keyphrase memory of {err}") from err
+            raise FeaturisationError(str(err)) from err
 
     @staticmethod
     def _build(group: str, entry: dict, device: torch.device, batch_size: int, notes: list[str]):

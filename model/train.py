@@ -298,18 +298,22 @@ def train_epoch(model: KeyphraseModel, loader, optimizer, config: ModelConfig, d
 
 
 # ---------------------------------------------------------------------------------------------- validation
+def check_embedded_as_trained(model: KeyphraseModel, provenance: dict | None, what: str) -> None:
+    """Raise unless posts embedded by the encoder `provenance` records (model.data.text_embedding_provenance) are
+    comparable with the training posts, for each part of the model that reads sentence embeddings."""
+    if model.memory is not None and model.memory.embedding_weight:
+        check_text_embedding(model.memory.embedding_provenance, provenance, what)
+    if model.config.text_embedding_modality:
+        check_text_embedding(model.sentence.provenance, provenance, what)
+
+
 @torch.no_grad()
 def split_candidates(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int = 64,
                      ranks: Ranks = ONE_PROCESS) -> list:
     """Generator, classifier and memory candidates for every post of the dataset, in the split's order (on
     several ranks each decodes a share of the batches, and every rank gets them all)."""
     model.eval()
-    if model.memory is not None and model.memory.embedding_weight:
-        check_text_embedding(model.memory.embedding_provenance, dataset.split.text_embedding_provenance,
-                             f"split {dataset.split.name!r}")
-    if model.config.text_embedding_modality:
-        check_text_embedding(model.sentence.provenance, dataset.split.text_embedding_provenance,
-                             f"split {dataset.split.name!r}")
+    check_embedded_as_trained(model, dataset.split.text_embedding_provenance, f"split {dataset.split.name!r}")
     out: list = [None] * len(dataset)
     decoded = []
     for number, batch in enumerate(make_loader(dataset, batch_size, shuffle=False)):

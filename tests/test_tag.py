@@ -383,3 +383,13 @@ def test_refusal_on_another_or_a_missing_sentence_encoder(runs, tmp_path):
     run = hybrid_copy(runs, tmp_path / "old", lambda _, record: record["groups"].pop("text_embedding"))
     with pytest.raises(FeaturisationError, match="does not record which encoder made them"):
         Tagger.load(run, device="cpu")
+    # A checkpoint whose keyphrase memory was embedded by another encoder than its featurisation record names.
+    import torch
+
+    run = hybrid_copy(runs, tmp_path / "memory", lambda entry, record: None)
+    checkpoint = torch.load(run / "model.pt", weights_only=True)
+    checkpoint["state_dict"]["memory._extra_state"]["embedding_provenance"]["sha256"] = "ef" * 32
+    checkpoint["config"]["memory_embedding_weight"] = 0.5      # whatever DEV chose: the memory compares them
+    torch.save(checkpoint, run / "model.pt")
+    with pytest.raises(FeaturisationError, match=r"text_embedding: .*model\.pt, new posts: .* not comparable"):
+        Tagger.load(run, device="cpu")
