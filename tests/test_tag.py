@@ -172,6 +172,15 @@ def test_each_source_into_tagposts(runs, tmp_path, server, token):  # noqa: F811
         assert out["report"]["tagged"] == 2 and out["report"]["rejected"] == {"unavailable": 1}
 
 
+def assert_tagposts_refused_before_any_work(run: Path, tmp_path: Path) -> None:
+    task = TagPosts(model=str(run), source="posts", input=str(new_posts_file(tmp_path / "in")),
+                    output=str(tmp_path / "out"), device="cpu")
+    assert not luigi.build([task], local_scheduler=True, workers=1)
+    out = tmp_path / "out"  # no work at all (the crawl's lock and identity record are taken before it runs)
+    assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[1] not in
+                  ("locks", "identity")) == []
+
+
 def test_refusal_on_a_vgg_weights_file_of_another_checksum(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs["image"], run)
@@ -183,12 +192,7 @@ def test_refusal_on_a_vgg_weights_file_of_another_checksum(runs, tmp_path):
     with pytest.raises(FeaturisationError, match=rf"vgg: weights {re.escape(str(weights))} have sha256 "
                                                  rf"[0-9a-f]{{64}}, .*{'ab' * 32}"):
         Tagger.load(run, device="cpu")
-    task = TagPosts(model=str(run), source="posts", input=str(new_posts_file(tmp_path / "in")),
-                    output=str(tmp_path / "out"), device="cpu")
-    assert not luigi.build([task], local_scheduler=True, workers=1)
-    out = tmp_path / "out"  # no work at all (the crawl's lock and identity record are taken before it runs)
-    assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[1] not in
-                  ("locks", "identity")) == []
+    assert_tagposts_refused_before_any_work(run, tmp_path)
 
 
 def test_refusal_on_a_missing_attribute_predictor(runs, tmp_path):
@@ -359,12 +363,7 @@ def test_refusal_on_another_or_a_missing_sentence_encoder(runs, tmp_path):
     with pytest.raises(FeaturisationError, match=rf"text_embedding: weights {re.escape(str(weights))} have sha256 "
                                                  rf"[0-9a-f]{{64}}, .*{'cd' * 32}"):
         Tagger.load(run, device="cpu")
-    task = TagPosts(model=str(run), source="posts", input=str(new_posts_file(tmp_path / "in")),
-                    output=str(tmp_path / "out"), device="cpu")
-    assert not luigi.build([task], local_scheduler=True, workers=1)
-    out = tmp_path / "out"  # no work at all
-    assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[1] not in
-                  ("locks", "identity")) == []
+    assert_tagposts_refused_before_any_work(run, tmp_path)
     gone = tmp_path / "gone" / "tiny-bert"
     run = hybrid_copy(runs, tmp_path / "gone-run", lambda entry, _: entry.update(weights=str(gone)))
     with pytest.raises(FeaturisationError, match=r"text_embedding: sentence encoder .*expected at "
