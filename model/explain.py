@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from functools import partial
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 from model.data import PAD, PostDataset, collate, read_split, source_tokens
 from model.model import KeyphraseModel, QueryBlock
+from pipeline.atomic import atomic_path
 
 DPI = 100
 PANEL = (2.6, 2.6)      # inches per head and stack: a figure is 260 x heads by 260 x stacks pixels
@@ -116,10 +116,9 @@ def draw(explanation: dict, path: str | Path, image=None, boxes=None, layer: int
                 _draw_words(ax, weights[h][:len(words)], words)
     fig.suptitle(f"post {explanation['post_id']}: {' '.join(explanation['tokens'])[:120]}", fontsize=8)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -56,6 +56,15 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def durable_replace(source: str | Path, path: str | Path) -> None:
+    """Rename the finished file or directory `source` over `path` (in the same directory), durably: its data
+    fsynced before, the rename itself after."""
+    fsync_tree(Path(source))
+    kill_point("before_rename")
+    os.replace(source, path)
+    fsync_directory(Path(path).parent)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path (not created) to write `path` at: made durable and renamed over `path` when the block
@@ -65,10 +74,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = temporary_name(path)
     try:
         yield tmp
-        fsync_tree(tmp)
-        kill_point("before_rename")
-        os.replace(tmp, path)
-        fsync_directory(path.parent)
+        durable_replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise

@@ -1,5 +1,6 @@
 """The experiment workflows run by Luigi's local scheduler, with a small real trainer script."""
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import luigi
 import pytest
 
-from workflows.experiments import (AblationSuite, CmkpBenchmark, ProtocolFolds, SeedSuite,
+from workflows.experiments import (AblationSuite, CmkpBenchmark, ProtocolFolds, SeedSuite, TrainRun,
                                    markdown_table, summarize_runs)
 
 # Writes metrics.json like cmkp-train: f1@1 = seed + 10 for config "a", + 20 otherwise; f1@3 is
@@ -90,6 +91,25 @@ def test_protocol_folds(tmp_path):
         "sha256": record["files"]["valid_src.txt"]["sha256"], "lines": 23, "train": 20, "valid": 3}
     assert sorted(p.name for p in folds.iterdir()) == [
         "folds.json", "train_ocr_final.txt", "train_src.txt", "valid_ocr_final.txt", "valid_src.txt"]
+
+
+def test_folds_and_runs_are_renamed_after_an_fsync_of_every_file_and_the_rename_synced(tmp_path, trainer, shards,
+                                                                                       monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a), str(b))) or real_replace(a, b))
+    write_release(tmp_path / "release")
+    folds = ProtocolFolds(data_dir=str(tmp_path / "release"), work_dir=str(tmp_path / "work"))
+    run = TrainRun(config="a", seed=1, shards_dir=str(shards), work_dir=str(tmp_path / "work"), trainer=trainer)
+    assert build(folds, run)
+    for final in (Path(folds.output().path), run.run_dir()):
+        [at] = [i for i, event in enumerate(events) if event[0] == "replace" and event[2] == str(final)]
+        source = Path(events[at][1])
+        synced = {Path(event[1]).name for event in events[:at] if event[0] == "fsync" and Path(event[1]).parent == source}
+        assert synced == set(os.listdir(final)) and len(synced) >= 3  # the trainer's files too
+        assert events[at + 1] == ("fsync", str(final.parent))
 
 
 def test_protocol_folds_rejects_misaligned_files(tmp_path):

@@ -3,7 +3,7 @@
     luigi --module workflows.experiments CmkpBenchmark --data-dir ../shared/data/cmkp \
         --configs gen-cls-m3h-att,gen-copy,cls-max --seeds 1,2,3 --local-scheduler
 
-Task graph (one output per task, every output written to a temporary path and renamed):
+Task graph (one output per task, every output written to a temporary path, fsynced and renamed: pipeline/atomic.py):
 
     <Suite> (a SuiteTable: WORK/results/<name>.md)
       -> ResultsSummary (WORK/results/<name>.json: mean and std over seeds per config)
@@ -36,6 +36,7 @@ from pathlib import Path
 import luigi
 
 from model.metrics import HEADLINE
+from pipeline.atomic import DurableTarget, durable_replace
 from pipeline.shards import sha256_file
 
 STATUS_EVERY_S = 5.0  # how often a running TrainRun copies the trainer's last log line to its status
@@ -89,7 +90,7 @@ class ProtocolFolds(luigi.Task):
     dev_every = luigi.IntParameter(default=10, description="line i goes to DEV when i % dev_every == 0")
 
     def output(self):
-        return luigi.LocalTarget(str(Path(self.work_dir, "folds")))
+        return DurableTarget(str(Path(self.work_dir, "folds")))
 
     def run(self):
         inputs = sorted(Path(self.data_dir).glob(f"{self.source_split}_*.txt"))
@@ -140,7 +141,7 @@ class ProtocolShards(luigi.Task):
         return ProtocolFolds(data_dir=self.data_dir, work_dir=self.work_dir)
 
     def output(self):
-        return luigi.LocalTarget(str(Path(self.work_dir, "shards", "manifest.json")))
+        return DurableTarget(str(Path(self.work_dir, "shards", "manifest.json")))
 
     def run(self):
         from pipeline.tasks import BuildDataset
@@ -155,7 +156,7 @@ class ExistingShards(luigi.ExternalTask):
     path = luigi.Parameter()
 
     def output(self):
-        return luigi.LocalTarget(str(Path(self.path, "manifest.json")))
+        return DurableTarget(str(Path(self.path, "manifest.json")))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ class TrainRun(ExperimentTask):
         return Path(self.work_dir, "runs", run_name(self.config), f"seed-{self.seed}")
 
     def output(self):
-        return luigi.LocalTarget(str(self.run_dir() / "metrics.json"))
+        return DurableTarget(str(self.run_dir() / "metrics.json"))
 
     def command(self, out_dir: Path) -> list[str]:
         program, *args = shlex.split(self.trainer)
@@ -263,7 +264,7 @@ class TrainRun(ExperimentTask):
                "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime}
         (tmp / WORKFLOW_RECORD).write_text(json.dumps(run, indent=1) + "\n")
         shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        durable_replace(tmp, final)  # the trainer's files and ours on disk before the run counts as done
 
     def _wait(self, proc, log_path: Path):
         """Wait for the trainer, copying its last log line to the task status; return its exit
@@ -355,7 +356,7 @@ def _epoch_means(run_dir: Path) -> dict:
     return out
 
 
-def read_run(task: TrainRun, target: luigi.LocalTarget) -> dict:
+def read_run(task: TrainRun, target: DurableTarget) -> dict:
     """A finished TrainRun as summarize_runs takes it: config, seed, CPU seconds, epoch means, metrics."""
     run_dir = Path(target.path).parent
     run = json.loads((run_dir / WORKFLOW_RECORD).read_text())
@@ -375,7 +376,7 @@ class ResultsSummary(ExperimentTask):
                 for c in self.configs for s in self.seeds]
 
     def output(self):
-        return luigi.LocalTarget(str(Path(self.work_dir, "results", f"{self.name}.json")))
+        return DurableTarget(str(Path(self.work_dir, "results", f"{self.name}.json")))
 
     def run(self):
         runs = [read_run(task, target) for task, target in zip(self.requires(), self.input())]
@@ -405,7 +406,7 @@ class SuiteTable(ExperimentTask):
                               **self.experiment_parameters())
 
     def output(self):
-        return luigi.LocalTarget(str(Path(self.work_dir, "results", f"{self.suite_name()}.md")))
+        return DurableTarget(str(Path(self.work_dir, "results", f"{self.suite_name()}.md")))
 
     def run(self):
         summary = json.loads(Path(self.input().path).read_text())

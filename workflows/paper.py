@@ -31,6 +31,7 @@ from pathlib import Path
 
 import luigi
 
+from pipeline.atomic import DurableTarget
 from workflows.experiments import (HEADLINE, CommaListParameter, ExperimentTask, SeedListParameter, TrainRun,
                                    read_run, run_name, summarize_runs)
 
@@ -103,7 +104,7 @@ class ConfigVariant(luigi.Task):
     fields = luigi.DictParameter()
 
     def output(self):
-        return luigi.LocalTarget(str(Path(self.work_dir, "configs", f"{self.name}.json")))
+        return DurableTarget(str(Path(self.work_dir, "configs", f"{self.name}.json")))
 
     def run(self):
         with self.output().temporary_path() as tmp:
@@ -165,15 +166,15 @@ class PaperTask(ExperimentTask):
             rows[key] = summarize_runs(records, self.split)[0]
         return rows
 
-    def paper_dir(self, name: str) -> luigi.LocalTarget:
-        return luigi.LocalTarget(str(Path(self.work_dir, "paper", name)))
+    def paper_dir(self, name: str) -> DurableTarget:
+        return DurableTarget(str(Path(self.work_dir, "paper", name)))
 
     def config(self, config_arg: str):
         from model.config import load_config
         return load_config(config_arg)
 
 
-def _write_dir(target: luigi.LocalTarget, files: dict[str, str | bytes]) -> Path:
+def _write_dir(target: DurableTarget, files: dict[str, str | bytes]) -> Path:
     """Write every file into a temporary directory renamed to the target: a directory that exists is complete."""
     with target.temporary_path() as tmp:
         os.makedirs(tmp)
@@ -461,7 +462,7 @@ class Report(luigi.Task):
     work_dir = luigi.Parameter(default="build/experiments/cmkp")
 
     def output(self):
-        return luigi.LocalTarget(str(Path(self.work_dir, "report.md")))
+        return DurableTarget(str(Path(self.work_dir, "report.md")))
 
     def run(self):
         paper = Path(self.work_dir, "paper")

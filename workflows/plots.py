@@ -5,8 +5,9 @@ writes an image of the same shape; PNG and, where asked, SVG.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from pipeline.atomic import atomic_path
 
 DPI = 100
 FIGURE_SIZE = (6.4, 4.0)          # Figure 5's panels: 640 x 400 pixels
@@ -21,15 +22,14 @@ def pyplot():
 
 
 def save(fig, path: Path, formats=("png",)) -> list[Path]:
-    """Write the figure as path.<format> for each format (a temporary name, then renamed); close it."""
+    """Write the figure as path.<format> for each format (atomically and durably); close it."""
     written = []
     for fmt in formats:
         final = path.with_suffix(f".{fmt}")
-        tmp = final.with_name(f".{final.name}.tmp")
         # SVG embeds a date and random ids unless told otherwise: fixed metadata gives the same bytes on a rerun
         metadata = {"Date": None} if fmt == "svg" else {"Software": None}
-        fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
         written.append(final)
     pyplot().close(fig)
     return written
