@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from pipeline.clean import fetch_images, release_images
@@ -79,13 +78,62 @@ def test_files_that_cannot_be_read_or_lie_outside_the_archive(tmp_path):
     assert [o.get("retry") for o in journal] == [None, True, True, False, False, None]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its permissions")
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # linux/capability.h: what lets root read any file
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def in_a_child_without_read_override(function):
+    """`function()`'s JSON result, computed in a forked child that has dropped the capabilities that let root
+    ignore file permissions (a no-op for another user, who has none): permissions then apply to root as to
+    anyone, so CI (run as root) meets an unreadable file as a user does."""
+    import ctypes
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            header, data = Header(LINUX_CAPABILITY_VERSION_3, 0), (Data * 2)()
+            if libc.capget(ctypes.byref(header), data) != 0:
+                raise OSError(ctypes.get_errno(), "capget")
+            dropped = ~((1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH)) & 0xFFFFFFFF
+            data[0].effective &= dropped
+            data[0].permitted &= dropped
+            if libc.capset(ctypes.byref(header), data) != 0:
+                raise OSError(ctypes.get_errno(), "capset")
+            result = {"value": function()}
+        except BaseException as error:  # reported to the parent, never raised in a forked pytest
+            result = {"error": repr(error)}
+        os.write(write, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        answer = json.loads(pipe.read() or b'{"error": "the child died"}')
+    os.waitpid(pid, 0)
+    assert "error" not in answer, answer["error"]
+    return answer["value"]
+
+
 def test_a_file_without_read_permission_is_unreadable(tmp_path):
     path = tmp_path / "media" / "k.jpg"
     path.parent.mkdir()
     path.write_bytes(colour_jpeg(1))
     path.chmod(0)
-    assert fetch(tmp_path, [path])[0] == {"0": "unreadable"}
+
+    def fetch_it():
+        try:
+            path.open("rb").close()
+            return "the file could be read"
+        except PermissionError:
+            return fetch(tmp_path, [path])[0]
+
+    assert in_a_child_without_read_override(fetch_it) == {"0": "unreadable"}
 
 
 def test_a_release_image_linking_out_of_the_release_is_refused_and_its_post_kept(tmp_path):
