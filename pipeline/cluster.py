@@ -14,6 +14,15 @@ until none of them is pending or running anywhere (a task disabled after its ret
 The exit code is 0 when every task on the command line is complete at the end, and Luigi's `[retcode]
 task_failed` otherwise, whichever worker ran what: in a shared build, tasks run by other workers are the norm.
 
+A host can keep a kind of task off its workers: `[cluster_worker] decline = gpu` in that host's luigi.cfg (or
+`--cluster-worker-decline gpu`) makes its workers decline every task holding a `gpu` resource, so that a
+CPU-only host never takes a GPU stage, which the GPU hosts' workers run. Luigi's own scheduler cannot do this
+(its resources are counted for the whole cluster, and an assistant takes any runnable task), so the scheduler
+is `cmkp-scheduler`: luigid, with the same options, whose scheduler never gives a worker a task holding a
+resource that worker declines. A declining worker that is given such a task anyway (by a plain luigid) stops
+with an error saying so instead of running it. A declined kind of task waits for a worker that takes it: with
+no such worker, the build waits.
+
 With `CMKP_TASK_TIMELINE=FILE` in its environment, each worker appends a JSON line per task it completed
 (task id, family, start, end, host, pid) to FILE: the timeline that benchmarks/bench_scale.py reads.
 """
@@ -30,20 +39,80 @@ import urllib.request
 from pathlib import Path
 
 import luigi
+import luigi.cmdline
 import luigi.interface
 import luigi.retcodes
+import luigi.scheduler
+import luigi.server
 import luigi.worker
 
+from pipeline.project_files import CHECKOUT
+
 TIMELINE_ENV = "CMKP_TASK_TIMELINE"
+DECLINES = "declines"  # the worker information naming the resources whose tasks a worker declines
+
+
+class cluster_worker(luigi.Config):
+    """Settings of this host's cmkp-worker processes (luigi.cfg section [cluster_worker])."""
+
+    decline = luigi.Parameter(default="", description="comma-separated resources (e.g. gpu) whose tasks this "
+                              "host's workers never take (needs cmkp-scheduler)")
+
+
+def resource_names(text: str) -> frozenset[str]:
+    return frozenset(name.strip() for name in text.split(",") if name.strip())
+
+
+class DeclinedTaskError(RuntimeError):
+    """A worker was given a task holding a resource it declines: its scheduler does not honour declines."""
+
+
+class ResourceDecliningScheduler(luigi.scheduler.Scheduler):
+    """Luigi's scheduler, except that a worker is never given a task holding a resource it declines (the
+    `declines` item of the information a worker registers with)."""
+
+    _declined: frozenset[str] = frozenset()   # of the worker asking for work, during get_work
+
+    def get_work(self, host=None, assistant=False, current_tasks=None, worker=None, **kwargs):
+        if worker is not None:
+            self._declined = resource_names(self._state.get_worker(worker).info.get(DECLINES, ""))
+        try:
+            return super().get_work(host=host, assistant=assistant, current_tasks=current_tasks, worker=worker,
+                                    **kwargs)
+        finally:
+            self._declined = frozenset()
+
+    def _schedulable(self, task):
+        return super()._schedulable(task) and not any((task.resources or {}).get(name, 0) > 0
+                                                      for name in self._declined)
+
+
+def scheduler_main(argv: list[str] | None = None) -> None:
+    """`cmkp-scheduler`: luigid (the same options) with ResourceDecliningScheduler."""
+    luigi.server.Scheduler = ResourceDecliningScheduler  # the class luigid's server instantiates
+    luigi.cmdline.luigid(sys.argv[1:] if argv is None else argv)
 
 
 class ClusterWorker(luigi.worker.Worker):
-    """A Luigi assistant worker that stays while the tasks it was given are incomplete and still being worked on."""
+    """A Luigi assistant worker that stays while the tasks it was given are incomplete and still being worked on,
+    and never runs a task holding a resource this host declines."""
 
     def __init__(self, *args, **kwargs):
         kwargs["assistant"] = True
         super().__init__(*args, **kwargs)
         self.root_tasks: list[luigi.Task] = []
+        self.declined = resource_names(cluster_worker().decline)
+        if self.declined:
+            self._worker_info.append((DECLINES, ",".join(sorted(self.declined))))
+
+    def _run_task(self, task_id):
+        held = self.declined & {name for name, amount in self._scheduled_tasks[task_id].process_resources().items()
+                                if amount > 0}
+        if held:
+            raise DeclinedTaskError(
+                f"this worker declines tasks holding {', '.join(sorted(held))} ([cluster_worker] decline) but was "
+                f"given {task_id}: run the scheduler as cmkp-scheduler (a plain luigid ignores declines)")
+        super()._run_task(task_id)
 
     def add(self, task, *args, **kwargs):
         self.root_tasks.append(task)
@@ -83,9 +152,10 @@ def read_timeline(path: str | Path) -> list[dict]:
 
 
 @contextlib.contextmanager
-def loopback_scheduler(state_dir: Path, scheduler_config: str = ""):
-    """A `luigid` on a free loopback port with its state and logs in `state_dir`, for tests and benchmarks;
-    yields the port. `scheduler_config` is luigi.cfg text for it (e.g. a short worker_disconnect_delay)."""
+def loopback_scheduler(state_dir: Path, scheduler_config: str = "", honour_declines: bool = True):
+    """A `cmkp-scheduler` (or, `honour_declines` false, a plain `luigid`) on a free loopback port with its state
+    and logs in `state_dir`, for tests and benchmarks; yields the port. `scheduler_config` is luigi.cfg text for
+    it (e.g. a short worker_disconnect_delay)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -94,9 +164,11 @@ def loopback_scheduler(state_dir: Path, scheduler_config: str = ""):
     config.write_text(scheduler_config)
     (state_dir / "logs").mkdir(exist_ok=True)
     server = subprocess.Popen(
-        [sys.executable, "-c", "import luigi.cmdline; luigi.cmdline.luigid()", "--address", "127.0.0.1",
+        [sys.executable, "-c", "import pipeline.cluster; pipeline.cluster.scheduler_main()" if honour_declines
+         else "import luigi.cmdline; luigi.cmdline.luigid()", "--address", "127.0.0.1",
          "--port", str(port), "--state-path", str(state_dir / "state"), "--logdir", str(state_dir / "logs")],
-        cwd=state_dir, env={**os.environ, "LUIGI_CONFIG_PATH": str(config)},
+        cwd=state_dir, env={**os.environ, "LUIGI_CONFIG_PATH": str(config),
+                            "PYTHONPATH": os.pathsep.join([str(CHECKOUT), os.environ.get("PYTHONPATH", "")])},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30

@@ -126,3 +126,37 @@ def test_a_worker_killed_mid_task_is_replaced_by_another(corpus, reference, luig
     assert set(interrupted_ocr) <= set(redone)
     assert len(redone) == len(set(redone))
     assert dataset_files(out) == reference
+
+
+def declining_worker(jobs: Path, port: int, name: str, decline: str = "") -> subprocess.Popen:
+    """A cmkp-worker on the test tasks of tests/cluster_tasks.py, as host `name`, declining `decline`."""
+    command = [sys.executable, "-m", "pipeline.cluster", "--module", "cluster_tasks", "Jobs", "--directory",
+               str(jobs), "--scheduler-host", "127.0.0.1", "--scheduler-port", str(port), "--workers", "1"]
+    env = {**environment(), "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+           "CLUSTER_TEST_WORKER": name}
+    return subprocess.Popen(command + (["--cluster-worker-decline", decline] if decline else []), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_host_that_declines_gpu_tasks_never_takes_one_and_works_on_the_rest(tmp_path):
+    jobs = tmp_path / "jobs"
+    with loopback_scheduler(tmp_path / "luigid") as port:
+        cpu_host = declining_worker(jobs, port, "cpu-host", decline="gpu")
+        time.sleep(3)   # alone for a while: every GPU job it could have taken is runnable meanwhile
+        assert not list(jobs.glob("gpu-*")), "a GPU job ran before any worker that takes GPU jobs had joined"
+        gpu_host = declining_worker(jobs, port, "gpu-host")
+        for worker in (cpu_host, gpu_host):
+            output, _ = worker.communicate(timeout=TIMEOUT)
+            assert worker.returncode == 0, output[-3000:]
+    ran = {path.name: path.read_text() for path in jobs.iterdir()}
+    assert {ran[f"gpu-{i}"] for i in range(4)} == {"gpu-host"}
+    assert "cpu-host" in {ran[f"cpu-{i}"] for i in range(4)}
+
+
+def test_a_declining_worker_given_a_declined_task_by_a_plain_luigid_stops_without_running_it(tmp_path):
+    jobs = tmp_path / "jobs"
+    with loopback_scheduler(tmp_path / "luigid", honour_declines=False) as port:
+        worker = declining_worker(jobs, port, "cpu-host", decline="gpu")
+        output, _ = worker.communicate(timeout=TIMEOUT)
+    assert worker.returncode != 0 and "run the scheduler as cmkp-scheduler" in output
+    assert not list(jobs.glob("gpu-*"))

@@ -24,6 +24,9 @@ SOURCE=${SOURCE:-archive}
 INPUT=${INPUT:?set INPUT to the archive directory, id file, query or release directory}
 OUTPUT=${OUTPUT:?set OUTPUT to the dataset directory on the shared filesystem}
 VENV=${VENV:-.venv}
+# DECLINE=gpu on a partition without GPUs: its workers never take a GPU stage (needs cmkp-scheduler instead of
+# luigid, the same options; docs/scaling.md, "Resources").
+DECLINE=${DECLINE:-}
 
 # GPUs Slurm gave this array task (CUDA_VISIBLE_DEVICES="0,1,2,3"), one worker process each; none: one worker.
 IFS=, read -r -a gpus <<< "${CUDA_VISIBLE_DEVICES:-}"
@@ -31,7 +34,8 @@ IFS=, read -r -a gpus <<< "${CUDA_VISIBLE_DEVICES:-}"
 for gpu in "${gpus[@]}"; do
   CUDA_VISIBLE_DEVICES="$gpu" "$VENV/bin/cmkp-worker" --module pipeline.tasks BuildDataset \
     --source "$SOURCE" --input "$INPUT" --output "$OUTPUT" \
-    --scheduler-host "$SCHEDULER_HOST" --scheduler-port "$SCHEDULER_PORT" --workers 1 &
+    --scheduler-host "$SCHEDULER_HOST" --scheduler-port "$SCHEDULER_PORT" --workers 1 \
+    ${DECLINE:+--cluster-worker-decline "$DECLINE"} &
 done
 status=0
 for job in $(jobs -p); do wait "$job" || status=$?; done
