@@ -152,14 +152,25 @@ def rank(candidates: tuple[list | None, list | None, list | None], ranking: str,
     return list(rank_scores(candidates, ranking, cls_weight, mem_weight))[:n_best]
 
 
-def ensemble_rank(scores: list[dict[str, float]], n_best: int) -> list[str]:
-    """One post's keyphrases ranked by the mean of several models' ranking scores (`rank_scores`; a keyphrase a
-    model did not list gets 0 from it); ties keep the first model's order."""
+def model_scores(model: KeyphraseModel, candidates: list) -> list[dict[str, float]]:
+    """Each post's `rank_scores`, as the model's config ranks (its ranking and its chosen weights)."""
+    c = model.config
+    return [rank_scores(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight) for cands in candidates]
+
+
+def ensemble_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+    """One post's keyphrases with the mean of several models' ranking scores (`rank_scores`; a keyphrase a model
+    did not list gets 0 from it), best first; ties keep the first model's order. One model: its own scores."""
     total: dict[str, float] = {}
     for model_scores in scores:
         for kp, value in model_scores.items():
             total[kp] = total.get(kp, 0.0) + value / len(scores)
-    return sorted(total, key=total.get, reverse=True)[:n_best]
+    return dict(sorted(total.items(), key=lambda item: item[1], reverse=True))
+
+
+def ensemble_rank(scores: list[dict[str, float]], n_best: int) -> list[str]:
+    """One post's keyphrases ranked by `ensemble_scores`, at most n_best."""
+    return list(ensemble_scores(scores))[:n_best]
 
 
 def predict_batch(model: KeyphraseModel, batch: Batch) -> list[list[str]]:

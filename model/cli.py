@@ -109,8 +109,9 @@ def _stdin_posts(directory: Path) -> Path:
                     "{id, keyphrases: [{text, score}], modalities} or {id, rejected, detail}. Input: a .jsonl or "
                     ".csv file of id, text and optionally image (a path or an http(s) URL), or - for standard "
                     "input (JSON lines, or lines of plain text).")
-@click.option("--model", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="the run directory (cmkp-train --out)")
+@click.option("--model", "run_dirs", required=True, multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="the run directory (cmkp-train --out); repeated: an ensemble of seeds of one configuration, "
+                   "ranked by the mean of their ranking scores")
 @click.option("--input", "input_file", default="-", show_default=True, help="posts file, or - for standard input")
 @click.option("--out", "out_file", default="-", show_default=True, help="output JSONL file, or - for standard output")
 @click.option("--top", type=int, default=10, show_default=True, help="keyphrases per post")
@@ -120,7 +121,7 @@ def _stdin_posts(directory: Path) -> Path:
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--ocr-workers", type=int, default=0, help="OCR processes (default: all cores)")
 @click.option("--threads", type=int, default=None)
-def tag(run_dir, input_file, out_file, top, device, score, batch_size, ocr_workers, threads):
+def tag(run_dirs, input_file, out_file, top, device, score, batch_size, ocr_workers, threads):
     import tempfile
 
     from model.provenance import FeaturisationError
@@ -131,7 +132,7 @@ def tag(run_dir, input_file, out_file, top, device, score, batch_size, ocr_worke
 
     _threads(threads)
     try:
-        tagger = Tagger.load(run_dir, device=device, batch_size=batch_size, ocr_workers=ocr_workers)
+        tagger = Tagger.load(list(run_dirs), device=device, batch_size=batch_size, ocr_workers=ocr_workers)
     except (FeaturisationError, WeightsNotFoundError, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     with tagger, tempfile.TemporaryDirectory() as tmp:

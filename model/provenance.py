@@ -264,6 +264,24 @@ class Featurisation:
         return json.loads(self.file(name).read_text())["texts"] if name else []
 
 
+def check_same_featurisation(featurisations: list[Featurisation]) -> None:
+    """Members of an ensemble featurise new posts one way: what their records say of the tokenizer, the image
+    checks, each feature group and the copied files (not where those were copied from) must agree."""
+    def identity(record: dict) -> dict:
+        return {**{k: record.get(k) for k in ("text", "image_checks", "ocr_vocabulary", "groups", "random_weights")},
+                "files": {name: entry["sha256"] for name, entry in record.get("files", {}).items()}}
+
+    first = identity(featurisations[0].record)
+    for other in featurisations[1:]:
+        found = identity(other.record)
+        differ = sorted(k for k in first if first[k] != found[k])
+        if differ:
+            first_path = featurisations[0].run_dir / FEATURISATION
+            raise FeaturisationError(f"{other.run_dir / FEATURISATION} differs from {first_path} in {differ}: an "
+                                     f"ensemble's members must featurise posts one way (seeds of one configuration "
+                                     f"trained on one dataset)")
+
+
 def check_featurisation(run_dir: str | Path, config) -> Featurisation:
     """The run's featurisation, verified; raises `FeaturisationError` listing every problem found."""
     run_dir = Path(run_dir)

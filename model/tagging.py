@@ -35,10 +35,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from model.beam import candidates_batch, rank_scores
+from model.beam import candidates_batch, ensemble_scores, model_scores
 from model.data import MAX_ATTRIBUTES, Post, collate, encode_post
-from model.provenance import TEXT_EMBEDDING, Featurisation, FeaturisationError, check_featurisation
-from model.train import CHECKPOINT, load_checkpoint, resolve_device
+from model.provenance import (TEXT_EMBEDDING, Featurisation, FeaturisationError, check_featurisation,
+                              check_same_featurisation)
+from model.train import CHECKPOINT, resolve_device
 
 STAGES = ("decode", "text", "ocr", "attributes", "vgg", "butd", "text_embedding", "model")
 # Recorded extractor settings that may differ without changing the features' meaning.
@@ -77,9 +78,10 @@ def _device_precision(recorded: str, device: torch.device) -> str:
 class Tagger:
     """A trained run applied to new posts. `load` once; `tag` as often as needed (no reloading)."""
 
-    def __init__(self, run_dir: Path, model, featurisation: Featurisation, device: torch.device,
+    def __init__(self, run_dirs: list[Path], models: list, featurisation: Featurisation, device: torch.device,
                  extractors: dict[str, Any], tokenizer, ocr_pool, batch_size: int, notes: list[str]):
-        self.run_dir, self.model, self.featurisation, self.device = run_dir, model, featurisation, device
+        self.run_dirs, self.models, self.featurisation, self.device = run_dirs, models, featurisation, device
+        self.model = models[0]             # the members share its config and vocabularies
         self.extractors, self.tokenizer, self.ocr_pool = extractors, tokenizer, ocr_pool
         self.batch_size = batch_size
         self.notes = notes
@@ -88,16 +90,28 @@ class Tagger:
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", batch_size: int = 32, ocr_workers: int = 0,
-             threads: int | None = None) -> "Tagger":
+    def load(cls, run_dir: str | Path | Sequence[str | Path], device: str = "auto", batch_size: int = 32,
+             ocr_workers: int = 0, threads: int | None = None) -> "Tagger":
         """Check the run's featurisation (raising `FeaturisationError` naming what differs), then load the model,
-        the tokenizer and the feature extractors the model reads."""
-        run_dir = Path(run_dir)
-        checkpoint = run_dir / CHECKPOINT
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"{checkpoint} is missing: RUN_DIR is a cmkp-train output directory")
-        config = cls._config(checkpoint)
-        featurisation = check_featurisation(run_dir, config)
+        the tokenizer and the feature extractors the model reads. Several run directories: an ensemble of seeds
+        of one configuration, each post ranked by the mean of the members' ranking scores
+        (`model.beam.ensemble_scores`, as `cmkp-predict --model A --model B`); every member must featurise
+        posts as the first does."""
+        from model.checkpoint import config_from_dict, load as load_record, model_from_record
+        from model.train import check_one_configuration
+
+        run_dirs = [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(r) for r in run_dir]
+        if not run_dirs:
+            raise ValueError("no run directory given")
+        checkpoints = [r / CHECKPOINT for r in run_dirs]
+        for checkpoint in checkpoints:
+            if not checkpoint.is_file():
+                raise FileNotFoundError(f"{checkpoint} is missing: RUN_DIR is a cmkp-train output directory")
+        records = [load_record(c) for c in checkpoints]                # read once, built into models below
+        featurisations = [check_featurisation(r, config_from_dict(record["config"], str(c)))
+                          for r, c, record in zip(run_dirs, checkpoints, records)]
+        check_same_featurisation(featurisations)
+        featurisation = featurisations[0]
         notes = [f"{g}: carried by the CMKP release in training; absent for new posts (no OCR / attribute "
                  f"model to compute it)" for g in featurisation.carried]
         # Before torch starts its threads: the OCR workers are forked from this process.
@@ -113,9 +127,11 @@ class Tagger:
                           for g, entry in featurisation.groups.items() if g != "ocr"}
             if "ocr" in featurisation.groups:
                 extractors["ocr"] = cls._ocr(featurisation)
-            model = load_checkpoint(checkpoint, dev)
+            models = [model_from_record(record, str(c), dev).eval() for c, record in zip(checkpoints, records)]
+            check_one_configuration(models, [str(c) for c in checkpoints])
             if TEXT_EMBEDDING in extractors:
-                cls._check_embedded_as_trained(model, extractors[TEXT_EMBEDDING], checkpoint)
+                for model, checkpoint in zip(models, checkpoints):
+                    cls._check_embedded_as_trained(model, extractors[TEXT_EMBEDDING], checkpoint)
             tokenizer = cls._tokenizer(featurisation)
         except BaseException:
             if ocr_pool is not None:
@@ -124,12 +140,9 @@ class Tagger:
         if featurisation.random_weights:
             notes.append("image features from seeded RANDOM weights (as in training): they identify repeated "
                          "images, they carry no ImageNet semantics")
-        return cls(run_dir, model, featurisation, dev, extractors, tokenizer, ocr_pool, batch_size, notes)
-
-    @staticmethod
-    def _config(checkpoint: Path):
-        from model.config import ModelConfig
-        return ModelConfig(**torch.load(checkpoint, map_location="cpu", weights_only=True)["config"])
+        if len(models) > 1:
+            notes.append(f"an ensemble of {len(models)} runs: each post ranked by the mean of their ranking scores")
+        return cls(run_dirs, models, featurisation, dev, extractors, tokenizer, ocr_pool, batch_size, notes)
 
     @staticmethod
     def _tokenizer(featurisation: Featurisation):
@@ -273,8 +286,9 @@ class Tagger:
 
     def describe(self) -> dict:
         """What the tagger computes and from which weights (for reports)."""
-        return {"run": str(self.run_dir), "config": self.model.config.name, "device": self.device.type,
-                "groups": {g: {"weights": e["weights"], "weights_sha256": e["weights_sha256"]}
+        ensemble = {"ensemble": [str(r) for r in self.run_dirs]} if len(self.run_dirs) > 1 else {}
+        return {"run": str(self.run_dirs[0]), **ensemble, "config": self.model.config.name,
+                "device": self.device.type, "groups": {g: {"weights": e["weights"], "weights_sha256": e["weights_sha256"]}
                            for g, e in self.featurisation.groups.items()},
                 "carried_groups_absent": self.featurisation.carried,
                 "random_weights": self.random_weights, "notes": self.notes}
@@ -420,9 +434,9 @@ class Tagger:
                       embeddings[i] if embeddings is not None else None)
                      for i, (post, image) in enumerate(encoded.values())]
             batch = collate(items).to(self.device)
-            for key, cands in zip(encoded, candidates_batch(self.model, batch)):
-                scores = rank_scores(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight)
-                answered[key] = (encoded[key][0], list(scores.items())[:n_best])
+            per_model = [model_scores(model, candidates_batch(model, batch)) for model in self.models]
+            for key, scores in zip(encoded, zip(*per_model)):
+                answered[key] = (encoded[key][0], list(ensemble_scores(list(scores)).items())[:n_best])
         self.timings["model"] += time.perf_counter() - start - (self.timings[TEXT_EMBEDDING] - embedding_s)
         return [self._result(p, answered[key][0], answered[key][1][:top], vision) for p, key in zip(posts, keys)]
 

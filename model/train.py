@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from model import checkpoint
-from model.beam import candidates_batch, ensemble_rank, label_candidates, rank, rank_scores
+from model.beam import candidates_batch, ensemble_rank, label_candidates, model_scores, rank
 from model.checkpoint import atomic_file, load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.data import PostDataset, Split, Vocabularies, check_text_embedding, make_loader, read_split, split_names
@@ -361,11 +361,7 @@ def predict_ensemble(models: list[KeyphraseModel], dataset: PostDataset, device,
                      batch_size: int = 64) -> list[list[str]]:
     """Ranked keyphrases for every post: the mean of the models' ranking scores (beam.ensemble_rank), each
     model ranking with its own chosen weights. One model gives exactly that model's predictions."""
-    per_model = []
-    for model in models:
-        c = model.config
-        per_model.append([rank_scores(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight)
-                          for cands in split_candidates(model, dataset, device, batch_size)])
+    per_model = [model_scores(model, split_candidates(model, dataset, device, batch_size)) for model in models]
     return [ensemble_rank(list(post), models[0].config.n_best) for post in zip(*per_model)]
 
 

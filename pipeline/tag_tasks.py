@@ -33,20 +33,30 @@ FILTERS = ("none", "train")
 _taggers: dict[tuple, object] = {}      # one loaded tagger per run and settings in this process
 
 
+def run_dirs(model: str) -> list[str]:
+    """`--model RUN`, or `--model '["RUN_A", "RUN_B"]'`: an ensemble of seeds of one configuration."""
+    runs = json.loads(model) if model.lstrip().startswith("[") else [model]
+    if not runs or not all(isinstance(r, str) for r in runs):
+        raise ValueError(f"--model {model!r}: a run directory, or a JSON list of run directories")
+    return runs
+
+
 def shared_tagger(model: str, device: str, batch_size: int, ocr_workers: int):
-    """The tagger of a run, loaded once per worker process (every shard of a run shares it)."""
+    """The tagger of a run (or an ensemble of runs), loaded once per worker process (every shard shares it)."""
     from model.tagging import Tagger
 
-    key = (str(Path(model).resolve()), device, batch_size, ocr_workers)
+    runs = run_dirs(model)
+    key = (tuple(str(Path(r).resolve()) for r in runs), device, batch_size, ocr_workers)
     if key not in _taggers:
-        _taggers[key] = Tagger.load(model, device=device, batch_size=batch_size, ocr_workers=ocr_workers)
+        _taggers[key] = Tagger.load(runs, device=device, batch_size=batch_size, ocr_workers=ocr_workers)
     return _taggers[key]
 
 
 class TagParameters(luigi.Task):
     """Parameters of every tagging task besides the source's: the run and how it is applied."""
 
-    model = luigi.Parameter(description="the run directory (cmkp-train --out)")
+    model = luigi.Parameter(description="the run directory (cmkp-train --out), or a JSON list of runs of one "
+                                        "configuration (an ensemble: their ranking scores averaged)")
     filters = luigi.ChoiceParameter(default="none", choices=FILTERS,
                                     description="none: tag every post; train: apply the training's filters")
     device = luigi.Parameter(default="auto", significant=False)
@@ -259,7 +269,8 @@ class TagJoin(TagTask):
 class TagPosts(luigi.Task):
     """Tag every post of a source with a trained run: `OUT/tags.jsonl` and, last, `OUT/report.json`."""
 
-    model = luigi.Parameter(description="the run directory (cmkp-train --out)")
+    model = luigi.Parameter(description="the run directory (cmkp-train --out), or a JSON list of runs of one "
+                                        "configuration (an ensemble: their ranking scores averaged)")
     source = luigi.ChoiceParameter(choices=SOURCES, description="archive, api, ids, cmkp or posts")
     input = luigi.Parameter(description="archive directory, id file, query, CMKP release or posts file")
     output = luigi.Parameter(description="the output directory")

@@ -392,3 +392,68 @@ def test_refusal_on_another_or_a_missing_sentence_encoder(runs, tmp_path):
     torch.save(checkpoint, run / "model.pt")
     with pytest.raises(FeaturisationError, match=r"text_embedding: .*model\.pt, new posts: .* not comparable"):
         Tagger.load(run, device="cpu")
+
+
+# ---- seed ensembles ---------------------------------------------------------------------------------------------
+
+def reweighted_copy(runs, tmp_path, rank_mem_weight: float) -> Path:
+    """A member of the hybrid run's configuration that ranks otherwise: the same checkpoint with another memory
+    weight in the unified ranking (a field DEV chooses per run, as it does per seed)."""
+    import torch
+
+    run = tmp_path / "reweighted"
+    shutil.copytree(runs["hybrid"], run)
+    checkpoint = torch.load(run / "model.pt", weights_only=True)
+    checkpoint["config"]["rank_mem_weight"] = rank_mem_weight
+    torch.save(checkpoint, run / "model.pt")
+    return run
+
+
+def test_an_ensemble_of_one_run_is_that_run_and_members_scores_are_averaged(runs, tmp_path):
+    from model.cli import tag
+
+    posts = [{"id": "a", "text": "Such a lovely cup with friends this morning #CoffeeTime"},
+             {"id": "b", "text": "the stars and the galaxy through the telescope tonight"},
+             {"id": "c", "text": "a kitty having a nap on the sofa #CatLife"}]
+    with Tagger.load(runs["hybrid"], device="cpu") as alone, Tagger.load([runs["hybrid"]], device="cpu") as one, \
+            Tagger.load([runs["hybrid"]] * 2, device="cpu") as twice:
+        expected = alone.tag(posts, top=1000)
+        assert one.tag(posts, top=1000) == expected and twice.tag(posts, top=1000) == expected
+        assert "ensemble" not in one.describe() and twice.describe()["ensemble"] == [str(runs["hybrid"])] * 2
+    other = reweighted_copy(runs, tmp_path, rank_mem_weight=0.25)
+    with Tagger.load(other, device="cpu") as member, Tagger.load([runs["hybrid"], other], device="cpu") as both:
+        second = member.tag(posts, top=1000)
+        assert second != expected
+        for ours, first, last in zip(both.tag(posts, top=1000), expected, second):
+            a = {k["text"]: k["score"] for k in first["keyphrases"]}
+            b = {k["text"]: k["score"] for k in last["keyphrases"]}
+            mean = {kp: (a.get(kp, 0.0) + b.get(kp, 0.0)) / 2 for kp in a | b}
+            assert {k["text"]: k["score"] for k in ours["keyphrases"]} == pytest.approx(mean, abs=2e-6)
+            scores = [k["score"] for k in ours["keyphrases"]]
+            assert scores == sorted(scores, reverse=True)
+    # cmkp-tag --model A --model A, and TagPosts with a JSON list of runs: the run's own answers
+    stdin = "".join(json.dumps(p) + "\n" for p in posts)
+    outputs = [CliRunner().invoke(tag, [*models, "--device", "cpu", "--top", "3"], input=stdin)
+               for models in (["--model", str(runs["hybrid"])], ["--model", str(runs["hybrid"])] * 2)]
+    assert all(o.exit_code == 0 for o in outputs) and outputs[0].stdout == outputs[1].stdout
+    assert "an ensemble of 2 runs" in outputs[1].stderr
+    posts_file = new_posts_file(tmp_path / "in")
+    single = tag_posts(runs, "posts", posts_file, tmp_path / "single", run="hybrid")
+    runs_list = {**runs, "pair": json.dumps([str(runs["hybrid"])] * 2)}
+    pair = tag_posts(runs_list, "posts", posts_file, tmp_path / "pair", run="pair")
+    assert pair["lines"] == single["lines"] and pair["report"]["tagger"]["ensemble"] == [str(runs["hybrid"])] * 2
+
+
+def test_ensemble_members_must_featurise_one_way_and_be_one_configuration(runs, tmp_path):
+    other = hybrid_copy(runs, tmp_path, lambda _, record: record["image_checks"].update(max_pixels=1000))
+    with pytest.raises(FeaturisationError, match=r"featurisation\.json differs from .* in \['image_checks'\]"):
+        Tagger.load([runs["hybrid"], other], device="cpu")
+    import torch
+
+    other = tmp_path / "memory-k"
+    shutil.copytree(runs["hybrid"], other)
+    checkpoint = torch.load(other / "model.pt", weights_only=True)
+    checkpoint["config"]["memory_k"] = 5
+    torch.save(checkpoint, other / "model.pt")
+    with pytest.raises(ValueError, match=r"differs from .* in config fields \['memory_k'\]"):
+        Tagger.load([runs["hybrid"], other], device="cpu")
