@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -57,15 +58,19 @@ def record_text(input_path: str, entries: Iterable[InputFile]) -> str:
     return f'{{"input": {json.dumps(input_path)}, "files": [\n{files}\n]}}\n'
 
 
-def fingerprint(root: Path, file: Path, known: InputFile | None) -> InputFile | None:
-    """`file`'s entry: `known` again if its size and mtime_ns are unchanged, else hashed; None if it is gone."""
-    root_real = os.path.realpath(root)
-    inside = os.path.commonpath([root_real, os.path.realpath(file)]) == root_real
+def fingerprint(name: str, file: Path, root_real: str, known: InputFile | None) -> InputFile | None:
+    """The entry of `file` (`name` relative to the input): `known` again if its size and mtime_ns are unchanged,
+    else hashed; None if it is gone. `root_real`: the input directory's real path (a link is followed only to a
+    file inside it)."""
     try:
-        st = os.stat(file) if inside else os.lstat(file)
+        st = os.lstat(file)
+        inside = True
+        if stat.S_ISLNK(st.st_mode):
+            inside = os.path.commonpath([root_real, os.path.realpath(file)]) == root_real
+            if inside:
+                st = os.stat(file)
     except OSError:  # removed since it was listed, or a link loop: not part of the input
         return None
-    name = file.relative_to(root).as_posix()
     if known is not None and (known.size, known.mtime_ns) == (st.st_size, st.st_mtime_ns):
         return known
     if not inside:
@@ -94,8 +99,11 @@ class InputFiles:
         self.root = Path(input_path) if Path(input_path).is_dir() else Path(input_path).parent
         self.record = Path(stage_dir) / RECORD_NAME
         recorded = read_record(self.record, input_path)
-        entries = (fingerprint(self.root, file, recorded.get(file.relative_to(self.root).as_posix()))
-                   for file in files)
+        root_real, prefix = os.path.realpath(self.root), f"{self.root}{os.sep}"
+        # the sources list files as paths under the input: their names are what follows its path (fast)
+        names = (str(file)[len(prefix):] if str(file).startswith(prefix) else file.relative_to(self.root).as_posix()
+                 for file in files)
+        entries = (fingerprint(name, file, root_real, recorded.get(name)) for name, file in zip(names, files))
         self.entries = sorted((entry for entry in entries if entry is not None), key=lambda entry: entry.path)
         if not recorded:
             return
