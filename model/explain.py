@@ -18,9 +18,9 @@ import click
 import numpy as np
 import torch
 
+from model.checkpoint import atomic_file
 from model.data import PAD, PostDataset, collate, read_split, source_tokens
 from model.model import KeyphraseModel, QueryBlock
-from pipeline.atomic import atomic_path
 
 DPI = 100
 PANEL = (2.6, 2.6)      # inches per head and stack: a figure is 260 x heads by 260 x stacks pixels
@@ -116,8 +116,8 @@ def draw(explanation: dict, path: str | Path, image=None, boxes=None, layer: int
                 _draw_words(ax, weights[h][:len(words)], words)
     fig.suptitle(f"post {explanation['post_id']}: {' '.join(explanation['tokens'])[:120]}", fontsize=8)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
     plt.close(fig)
     return path
 
