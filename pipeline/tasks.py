@@ -110,7 +110,8 @@ class AssembleShard(ShardTask):
             columns.update(part)
             group_attrs = shards.read_attrs(path)
             group_attrs.pop("feature_group", None)
-            attrs["random_weights"] = bool(attrs["random_weights"] or group_attrs.pop("random_weights", False))
+            group_random = bool(group_attrs.pop("random_weights", False))    # popped: update() must not overwrite
+            attrs["random_weights"] = attrs["random_weights"] or group_random
             attrs.update(group_attrs)
             self.set_progress_percentage(int(100 * (done + 1) / (len(groups) + 1)))
         with self.output().temporary_path() as tmp:

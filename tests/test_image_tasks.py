@@ -76,6 +76,16 @@ def registered(monkeypatch):
     monkeypatch.setattr(tasks, "FEATURE_TASKS", dict(image_tasks.IMAGE_FEATURE_TASKS))
 
 
+def test_a_shard_holding_any_random_weights_group_says_so_whatever_the_groups_order(tmp_path, luigi_config,
+                                                                                   registered):
+    """random_weights is true when any group's weights are seeded random, also when a group without random weights
+    (OCR here; the sentence embeddings in make demo) is assembled after it."""
+    make_dataset(tmp_path)
+    assert luigi.build([assemble(tmp_path, features=["vgg", "ocr"])], local_scheduler=True, workers=1)
+    attrs = shards.read_attrs(tmp_path / "train" / "shard-00000.h5")
+    assert attrs["vgg_weights"].startswith("random(") and attrs["random_weights"] is True
+
+
 def test_every_stage_into_an_assembled_shard_then_a_killed_shard_reruns(tmp_path, luigi_config, registered):
     make_dataset(tmp_path)
     assert luigi.build([assemble(tmp_path)], local_scheduler=True, workers=1)
@@ -196,6 +206,6 @@ def test_demo_dataset_built_by_make_demo():
     from pathlib import Path
 
     manifest = json.loads(Path(DEMO, "manifest.json").read_text())
-    assert set(manifest["features"]) == set(FEATURES)
+    assert set(manifest["features"]) == set(FEATURES) | {"text_embedding"}     # demo.cfg adds the embeddings
     counts = check_built_dataset(Path(DEMO))
     assert counts["images"] > 0 and counts["with_ocr_tokens"] <= counts["with_raw_text"] <= counts["images"]
