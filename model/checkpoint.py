@@ -1,5 +1,5 @@
-"""Run files on disk: the model checkpoint, the training state a killed run resumes from, and the one way every
-run file is written (atomically and durably).
+"""Run files on disk: the model checkpoint and the training state a killed run resumes from, written atomically
+and durably (`durable.atomic`).
 
 Nothing is loaded with pickle: `torch.load(..., weights_only=True)` reads tensors and plain containers only, so
 a file holding anything else (which could run code while it is unpickled) is refused before any of it runs.
@@ -7,13 +7,12 @@ a file holding anything else (which could run code while it is unpickled) is ref
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from durable.atomic import atomic_file
 from model.config import ModelConfig
 from model.data import Vocabularies
 from model.model import KeyphraseModel
@@ -21,29 +20,6 @@ from model.model import KeyphraseModel
 # 1: unversioned (agg_weight and the memory beside the state dict); 2: everything the model holds in its
 # state dict. A newer format is refused: its meaning is unknown to this code.
 CHECKPOINT_FORMAT = 2
-
-
-@contextmanager
-def atomic_file(path: str | Path, mode: str = "wb"):
-    """Open a file that appears at `path` complete or not at all: written under a temporary name in the same
-    directory, flushed to disk, renamed over `path`, the rename itself synced. A failure leaves `path` as it
-    was and no temporary file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def save(obj, path: str | Path) -> None:

@@ -18,7 +18,7 @@ import click
 import numpy as np
 import torch
 
-from model.checkpoint import atomic_file
+from durable.atomic import atomic_file
 from model.data import PAD, PostDataset, collate, read_split, source_tokens
 from model.model import KeyphraseModel, QueryBlock
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import h5py
 
+from durable.atomic import atomic_file
+
 FEATURISATION = "featurisation.json"
 FILES_DIR = "featurisation"
 VERSION = 1
@@ -184,9 +186,8 @@ def write_featurisation(data_dir: str | Path, run_dir: str | Path, config, train
         "random_weights": any(g["random_weights"] for g in groups.values()),
         "files": files,
     }
-    tmp = run_dir / (FEATURISATION + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-    tmp.replace(run_dir / FEATURISATION)
+    with atomic_file(run_dir / FEATURISATION, "w") as f:
+        f.write(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     return record
 
 

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from durable.atomic import atomic_file
 from model import checkpoint
 from model.beam import candidates_batch, ensemble_rank, label_candidates, model_scores, rank
-from model.checkpoint import atomic_file, load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.data import PostDataset, Split, Vocabularies, check_text_embedding, make_loader, read_split, split_names
 from model.distributed import ONE_PROCESS, Ranks, data_parallel, global_term_scale, sync_buffers

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urlsplit
 
-from pipeline.faults import kill_point
+from durable.faults import kill_point
 from pipeline.fetch import FetchError, ImageJournal, ImageStore, read_local, sniff
 from pipeline.images import ImageRejected, NearDuplicateIndex, dhash, validate_image
 from pipeline.report import StageLog

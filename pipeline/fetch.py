@@ -23,8 +23,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
-from pipeline.atomic import TMP_MARK, write_bytes, write_text
-from pipeline.faults import kill_point
+from durable.atomic import TMP_MARK, write_bytes, write_text
+from durable.faults import kill_point
 
 DEFAULT_DEADLINE = 120.0  # seconds for one whole download, however slowly its bytes come (FetchImages' default)
 MAX_REDIRECTS = 5

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.atomic import remove_stale_temporaries, write_text
+from durable.atomic import remove_stale_temporaries, write_text
 
 LOCKS = Path("work", "locks")
 IDENTITIES = Path("work", "identity")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from pipeline.atomic import write_text
+from durable.atomic import write_text
 from pipeline.guard import StaleOutputError
 from pipeline.shards import sha256_file
 

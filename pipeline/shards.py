@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from pipeline import __version__
-from pipeline.faults import kill_point
+from durable.faults import kill_point
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")  # a dataset's splits (OUT/{split}/), in this order

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import luigi
 
-from pipeline.atomic import DurableTarget
+from pipeline.targets import DurableTarget
 from pipeline.report import check_counts, iter_rejects, load_counts
 from pipeline.sources import SOURCES
 from pipeline.text_tasks import (PROGRESS_SECONDS, CrawlTweets, DatasetTask, FilterPosts, StageTask, read_jsonl,

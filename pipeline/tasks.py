@@ -20,8 +20,9 @@ from pathlib import Path
 import luigi
 
 from pipeline import shards
-from pipeline.atomic import DurableTarget, remove_stale_temporaries
-from pipeline.faults import kill_point
+from durable.atomic import remove_stale_temporaries
+from pipeline.targets import DurableTarget
+from durable.faults import kill_point
 from pipeline.manifests import dataset_manifest, split_manifest
 from pipeline.report import check_counts, iter_rejects, load_counts
 from pipeline.sources import SOURCES

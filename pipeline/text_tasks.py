@@ -39,7 +39,8 @@ from typing import Callable, Iterable, Iterator
 import luigi
 
 from pipeline import shards
-from pipeline.atomic import DurableTarget, atomic_directory, remove_stale_temporaries
+from durable.atomic import atomic_directory, remove_stale_temporaries
+from pipeline.targets import DurableTarget
 from pipeline.guard import check_identity, output_lock, record_identity
 from pipeline.inputs import InputFiles
 from pipeline.report import StageLog

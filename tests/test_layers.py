@@ -41,6 +41,15 @@ def test_model_imports_the_pipeline_only_to_featurise_new_posts():
     assert all(not outer_imports(REPO / "model" / name) for name in ("model.py", "data.py", "train.py", "metrics.py"))
 
 
+def test_durable_writes_import_no_layer_nor_framework():
+    """Every layer writes through durable/, so it imports none of them, nor luigi, nor torch."""
+    files = sorted((REPO / "durable").glob("*.py"))
+    assert len(files) >= 3
+    heavy = ("pipeline", "model", "workflows", "luigi", "torch")
+    assert {path.name: sorted(m for m in imported_modules(path) if m.split(".")[0] in heavy) for path in files} == \
+        {path.name: [] for path in files}
+
+
 def test_task_modules_load_without_torch():
     """Luigi imports every task module to build the graph; torch (seconds, GBs) is imported inside `run()` only."""
     script = ("import sys\n"

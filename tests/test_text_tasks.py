@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline import shards
-from pipeline.atomic import TMP_MARK
+from durable.atomic import TMP_MARK
 from pipeline.tasks import BuildDataset
 from pipeline.text_tasks import text_shard_paths
 from text_archive_fixture import colour_jpeg

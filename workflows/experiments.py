@@ -36,7 +36,8 @@ from pathlib import Path
 import luigi
 
 from model.metrics import HEADLINE
-from pipeline.atomic import DurableTarget, durable_replace
+from durable.atomic import durable_replace
+from pipeline.targets import DurableTarget
 from pipeline.shards import sha256_file
 
 STATUS_EVERY_S = 5.0  # how often a running TrainRun copies the trainer's last log line to its status

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import luigi
 
-from pipeline.atomic import DurableTarget
+from pipeline.targets import DurableTarget
 from workflows.experiments import (HEADLINE, CommaListParameter, ExperimentTask, SeedListParameter, TrainRun,
                                    read_run, run_name, summarize_runs)
 

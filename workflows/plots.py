@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.atomic import atomic_path
+from durable.atomic import atomic_path
 
 DPI = 100
 FIGURE_SIZE = (6.4, 4.0)          # Figure 5's panels: 640 x 400 pixels

@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from pipeline.atomic import TMP_MARK, write_text
-from pipeline.faults import kill_point
+from durable.atomic import TMP_MARK, write_text
+from durable.faults import kill_point
 from pipeline.fetch import make_session
 from pipeline.report import StageLog
 from pipeline.sources.archive import jsonl_lines, read_lines

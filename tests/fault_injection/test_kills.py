@@ -1,4 +1,4 @@
-"""Kills and reruns: a build SIGKILLed at a named point (pipeline.faults.kill_point, in a subprocess), then run
+"""Kills and reruns: a build SIGKILLed at a named point (durable.faults.kill_point, in a subprocess), then run
 again, gives a dataset byte-identical to an uninterrupted build and redoes only the interrupted unit; outputs
 built from other parameters or inputs are refused by name; two builds on one directory, and 4 workers against 1,
 give the same bytes."""
@@ -15,8 +15,9 @@ from pathlib import Path
 import luigi
 import pytest
 
-from pipeline import atomic, inputs, shards
-from pipeline.faults import KILL_ENV
+from durable import atomic
+from durable.faults import KILL_ENV
+from pipeline import inputs, shards
 from pipeline.fetch import ImageJournal, ImageStore
 from pipeline.guard import StaleOutputError
 from pipeline.sources import archive as archive_source
@@ -107,6 +108,18 @@ def test_a_torn_or_nul_filled_journal_tail_is_cut_off(tmp_path):
         assert (tmp_path / "j.jsonl").read_bytes() == whole
     (tmp_path / "j.jsonl").write_bytes(b"\0" * 100)  # a journal whose header never reached the disk
     assert ImageJournal(tmp_path / "j.jsonl", store, parameters).outcomes == {}
+
+
+def test_an_atomic_file_appears_whole_or_leaves_the_old_one_and_no_temporary(tmp_path):
+    target = tmp_path / "run.json"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic.atomic_file(target, "w") as f:
+        f.write("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["run.json"]
+    with atomic.atomic_file(target, "w") as f:
+        f.write("neu \u00e9\n")
+    assert target.read_bytes() == "neu \u00e9\n".encode("utf-8") and os.listdir(tmp_path) == ["run.json"]
 
 
 def test_renames_follow_an_fsync_of_the_file_and_are_made_durable(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
-"""Writing outputs so that a file or directory that exists is complete, after a kill or a power cut alike.
+"""Writing files so that a file or directory that exists is complete, after a kill or a power cut alike.
 
-Everything the pipeline writes goes to a temporary name beside its final one, is flushed to disk (fsync of the
-file, or of every file of a directory), renamed, and the rename itself made durable (fsync of the parent
+Everything the pipeline, the trainer and the workflows write goes to a temporary name beside its final one, is
+flushed to disk (fsync of the file, or of every file of a directory), renamed, and the rename itself made durable (fsync of the parent
 directory): without the fsyncs a power cut can leave an empty file under the final name, which would count as
 complete. Temporary names hold the host, the process and a random part, so writers on many hosts sharing one
 directory never collide; a killed writer's leftovers never look complete and are removed by the next writer of
@@ -15,11 +15,9 @@ import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
-import luigi
-
-from pipeline.faults import kill_point
+from durable.faults import kill_point
 
 TMP_MARK = ".tmp-"
 
@@ -88,6 +86,13 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         yield tmp
 
 
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """An open file (binary, or UTF-8 text for a text `mode`) that appears at `path` complete or not at all."""
+    with atomic_path(path) as tmp, open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        yield f
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -103,10 +108,3 @@ def remove_stale_temporaries(path: str | Path) -> None:
     if path.parent.is_dir():
         for leftover in path.parent.glob(f".{path.name}{TMP_MARK}*"):
             _remove(leftover)
-
-
-class DurableTarget(luigi.LocalTarget):
-    """A LocalTarget whose `temporary_path()` is `atomic_path`: durable before the rename, unique across hosts."""
-
-    def temporary_path(self):
-        return atomic_path(self.path)
