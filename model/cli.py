@@ -121,7 +121,11 @@ def _stdin_posts(directory: Path) -> Path:
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--ocr-workers", type=int, default=0, help="OCR processes (default: all cores)")
 @click.option("--threads", type=int, default=None)
-def tag(run_dirs, input_file, out_file, top, device, score, batch_size, ocr_workers, threads):
+@click.option("--locate", "locate", multiple=True, metavar="NAME=PATH",
+              help="where something the run points to outside itself is now, when its recorded path is gone, "
+                   "checked by sha256: attributes=PREDICTOR.pt, text_embedding=ENCODER_DIR, ocr=TESSDATA_DIR, "
+                   "segmenter:NAME=FILE (repeatable)")
+def tag(run_dirs, input_file, out_file, top, device, score, batch_size, ocr_workers, threads, locate):
     import tempfile
 
     from model.provenance import FeaturisationError
@@ -131,8 +135,12 @@ def tag(run_dirs, input_file, out_file, top, device, score, batch_size, ocr_work
     from pipeline.weights import WeightsNotFoundError
 
     _threads(threads)
+    placed = dict(item.split("=", 1) for item in locate if "=" in item)
+    if len(placed) != len(locate) or not all(placed.values()):
+        raise click.BadParameter(f"{list(locate)}: each is NAME=PATH, each NAME once", param_hint="--locate")
     try:
-        tagger = Tagger.load(list(run_dirs), device=device, batch_size=batch_size, ocr_workers=ocr_workers)
+        tagger = Tagger.load(list(run_dirs), device=device, batch_size=batch_size, ocr_workers=ocr_workers,
+                             locate=placed)
     except (FeaturisationError, WeightsNotFoundError, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     with tagger, tempfile.TemporaryDirectory() as tmp:

@@ -22,6 +22,11 @@ language data, the sentence encoder's safetensors) against the sha256 the shards
 `FeaturisationError` naming what differs and where it is expected. Seeded random weights need no file: the
 same seed rebuilds the same weights.
 
+A run directory is relocatable: what it carries (the checkpoint, `featurisation/`) is read relative to it, wherever
+it lies. What it points to outside itself (`LOCATABLE`: the attribute predictor, the sentence encoder's directory,
+Tesseract's language data; the segmenter's extra files) is found at its recorded path or, where that is gone,
+where the caller's `locate` places it, and checked by the same sha256 either way.
+
 A feature group plugs in by having an entry in `GROUP_FILES` (how to find its weights file from its recorded
 provenance) and a builder in `model.tagging`.
 """
@@ -213,26 +218,26 @@ def _butd_file(entry: dict) -> Path:
     return require_file(entry["weights"], f"BUTD {meta.get('backend')} backend", "Use the training run's file.")
 
 
-def _attributes_file(entry: dict) -> Path:
+def _attributes_file(entry: dict, place: Path | None = None) -> Path:
     from pipeline.weights import require_file
-    return require_file(entry["weights"], "attribute predictor",
+    return require_file(place or entry["weights"], "attribute predictor",
                         "It is the training dataset's OUT/work/attributes/predictor.pt (TrainAttributePredictor).")
 
 
-def _ocr_file(entry: dict) -> Path:
+def _ocr_file(entry: dict, place: Path | None = None) -> Path:
     from pipeline.weights import require_file
-    tessdata = entry["meta"].get("tessdata", "")
+    tessdata = place or entry["meta"].get("tessdata", "")
     return require_file(Path(tessdata, "eng.traineddata"), "Tesseract (ocr features)",
                         "Install tesseract-ocr (the training run's language data).")
 
 
-def _text_embedding_file(entry: dict) -> Path:
+def _text_embedding_file(entry: dict, place: Path | None = None) -> Path:
     from pipeline.text_embedding import WEIGHTS_FILE, resolve_model
     from pipeline.weights import require_file
 
     name = entry["weights"]
     # a local directory is recorded by its absolute path; a Hub id is looked up in the caches and packages
-    directory = Path(name) if Path(name).is_absolute() else resolve_model(name)[0]
+    directory = place or (Path(name) if Path(name).is_absolute() else resolve_model(name)[0])
     return require_file(directory / WEIGHTS_FILE, f"sentence encoder {name} (text_embedding features)",
                         "It is the model the training shards' text_embedding group was computed with.")
 
@@ -240,6 +245,22 @@ def _text_embedding_file(entry: dict) -> Path:
 # Group -> the weights file its recorded provenance names (None: seeded random weights, nothing to check).
 GROUP_FILES = {"ocr": _ocr_file, "attributes": _attributes_file, "vgg": _vgg_file, "butd": _butd_file,
                TEXT_EMBEDDING: _text_embedding_file}
+# What a run points to outside itself by path, and which `locate` may place elsewhere (checked as recorded):
+# component -> what the given path is. VGG / BUTD torchvision weights are found by name in the torch cache.
+LOCATABLE = {"ocr": "Tesseract's tessdata directory (eng.traineddata)",
+             "attributes": "the attribute predictor's file (the training dataset's work/attributes/predictor.pt)",
+             TEXT_EMBEDDING: "the sentence encoder's directory (model.safetensors, its tokenizer and pooling)"}
+SEGMENTER_FILES = ("segmenter_stats_from", "segmenter_learn_from")     # located as `segmenter:<file name>`
+
+
+def segmenter_key(entry: dict) -> str:
+    """The `locate` name of a hashtag segmenter file the run points to."""
+    return f"segmenter:{Path(entry['path']).name}"
+
+
+def _hint(component: str) -> str:
+    what = LOCATABLE.get(component, "the file")
+    return f"if it moved, give its place: locate {component}=PATH ({what}; checked by sha256)"
 
 
 @dataclass
@@ -249,6 +270,7 @@ class Featurisation:
     record: dict
     groups: dict[str, dict]                     # group -> recorded provenance, for the groups to compute
     carried: list[str] = field(default_factory=list)   # groups a CMKP release carried: absent for new posts
+    located: dict[str, Path] = field(default_factory=dict)  # component -> where `locate` placed it (verified)
 
     @property
     def random_weights(self) -> bool:
@@ -263,6 +285,18 @@ class Featurisation:
     def segmenter_texts(self) -> list[str]:
         name = self.record["text"]["segmenter_corpus"]
         return json.loads(self.file(name).read_text())["texts"] if name else []
+
+    def segmenter_files(self, kind: str) -> list[str]:
+        """The hashtag segmenter's statistics or learned-mapping files (`SEGMENTER_FILES`), where they are now."""
+        return [str(self.located.get(segmenter_key(e), e["path"])) for e in self.record["text"].get(kind, [])]
+
+    def place(self, group: str) -> str:
+        """Where a group's weights load from: where `locate` put them, else as recorded (a file, a directory or
+        a name the loader looks up)."""
+        if group in self.located:
+            return str(self.located[group])
+        entry = self.groups[group]
+        return entry["meta"].get("tessdata", "") if group == "ocr" else entry["weights"]
 
 
 def check_same_featurisation(featurisations: list[Featurisation]) -> None:
@@ -283,8 +317,12 @@ def check_same_featurisation(featurisations: list[Featurisation]) -> None:
                                      f"trained on one dataset)")
 
 
-def check_featurisation(run_dir: str | Path, config) -> Featurisation:
-    """The run's featurisation, verified; raises `FeaturisationError` listing every problem found."""
+def check_featurisation(run_dir: str | Path, config, locate: dict[str, str | Path] | None = None) -> Featurisation:
+    """The run's featurisation, verified; raises `FeaturisationError` listing every problem found.
+
+    What the run carries (the checkpoint, `featurisation/`) is read relative to `run_dir`, wherever it was moved.
+    What it points to outside itself is found where the record says, or where `locate` (component -> path; the
+    components are `LOCATABLE`'s and `segmenter:<file name>`) places it, and either way checked by sha256."""
     run_dir = Path(run_dir)
     path = run_dir / FEATURISATION
     if not path.is_file():
@@ -293,6 +331,8 @@ def check_featurisation(run_dir: str | Path, config) -> Featurisation:
             f"(tokenizer, OCR vocabulary, image weights), so new posts cannot be featurised the same way. "
             f"Retrain with this version of cmkp-train, which writes it.")
     record = json.loads(path.read_text())
+    locate = {k: Path(v).expanduser().resolve() for k, v in (locate or {}).items()}
+    located: dict[str, Path] = {}
     problems = []
     if record.get("version") != VERSION:
         problems.append(f"{path}: version {record.get('version')}, this tagger reads {VERSION}")
@@ -304,15 +344,21 @@ def check_featurisation(run_dir: str | Path, config) -> Featurisation:
             problems.append(f"{name}: sha256 {_sha256(copied)} at {copied} differs from the recorded "
                             f"{entry['sha256']}")
     from pipeline.segment import default_mapping_file
-    for kind in ("segmenter_stats_from", "segmenter_learn_from", "segmenter_mappings"):
+    for kind in SEGMENTER_FILES + ("segmenter_mappings",):
         for entry in record["text"].get(kind, []):
             # the manual mapping list is this installation's own copy (it moves with the checkout)
-            found = default_mapping_file() if kind == "segmenter_mappings" else Path(entry["path"])
+            key = segmenter_key(entry) if kind in SEGMENTER_FILES else None
+            given = key in locate
+            found = default_mapping_file() if key is None else locate[key] if given else Path(entry["path"])
+            where = f" (given: locate {key}={found})" if given else ""
             if not found.is_file():
-                problems.append(f"hashtag segmenter ({kind}): {found} is missing")
+                hint = f"; {_hint(key)}" if key and not given else ""
+                problems.append(f"hashtag segmenter ({kind}): {found} is missing{where}{hint}")
             elif _sha256(found) != entry["sha256"]:
-                problems.append(f"hashtag segmenter ({kind}): {found} has sha256 {_sha256(found)}, training "
-                                f"used {entry['sha256']}")
+                problems.append(f"hashtag segmenter ({kind}): {found}{where} has sha256 {_sha256(found)}, training "
+                                f"used {entry['sha256']} ({entry['path']})")
+            elif given:
+                located[key] = found
     groups, carried = {}, []
     needed = model_groups(config)
     embedding = record["groups"].get(TEXT_EMBEDDING)
@@ -321,6 +367,7 @@ def check_featurisation(run_dir: str | Path, config) -> Featurisation:
                         f"record which encoder made them (written by an older cmkp-train): retrain the run")
     if embedding is not None and embedding.get("appends_ocr") and "ocr" not in needed:
         needed.insert(0, "ocr")         # the encoder read the OCR tokens, though the model does not
+    pointed = {segmenter_key(e) for kind in SEGMENTER_FILES for e in record["text"].get(kind, [])}
     for group in needed:
         entry = record["groups"].get(group)
         if entry is None:
@@ -334,18 +381,29 @@ def check_featurisation(run_dir: str | Path, config) -> Featurisation:
         if str(entry["weights"]).startswith("random("):
             groups[group] = entry       # seeded random weights: rebuilt from the seed
             continue
+        if group in LOCATABLE:
+            pointed.add(group)
+        given = group in locate and group in LOCATABLE
+        where = f" (given: locate {group}={locate[group]})" if given else ""
         try:
-            weights = GROUP_FILES[group](entry)
+            weights = GROUP_FILES[group](entry, locate[group]) if given else GROUP_FILES[group](entry)
         except FileNotFoundError as err:
-            problems.append(f"{group}: {err}")
+            hint = f"; {_hint(group)}" if group in LOCATABLE and not given else ""
+            problems.append(f"{group}: {err}{where}{hint}")
             continue
         found = _sha256(weights)
         if found != entry["weights_sha256"]:
-            problems.append(f"{group}: weights {weights} have sha256 {found}, the training shards' features "
+            problems.append(f"{group}: weights {weights}{where} have sha256 {found}, the training shards' features "
                             f"came from sha256 {entry['weights_sha256']} ({entry['weights']})")
             continue
         groups[group] = entry
+        if given:
+            located[group] = locate[group]
+    for key in sorted(set(locate) - pointed):
+        problems.append(f"locate {key}: not something this run points to outside itself (it points to: "
+                        f"{', '.join(sorted(pointed)) or 'nothing'}; seeded random weights and the torch cache's "
+                        f"VGG / BUTD weights need no place)")
     if problems:
         raise FeaturisationError(f"{run_dir} cannot featurise new posts as its training posts were:\n  "
                                  + "\n  ".join(problems))
-    return Featurisation(run_dir, record, groups, carried)
+    return Featurisation(run_dir, record, groups, carried, located)

@@ -91,9 +91,13 @@ class Tagger:
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, run_dir: str | Path | Sequence[str | Path], device: str = "auto", batch_size: int = 32,
-             ocr_workers: int = 0, threads: int | None = None) -> "Tagger":
+             ocr_workers: int = 0, threads: int | None = None,
+             locate: dict[str, str | Path] | None = None) -> "Tagger":
         """Check the run's featurisation (raising `FeaturisationError` naming what differs), then load the model,
-        the tokenizer and the feature extractors the model reads. Several run directories: an ensemble of seeds
+        the tokenizer and the feature extractors the model reads. `locate` places what the run points to outside
+        itself where its recorded path is gone (`{"attributes": PREDICTOR_FILE, "text_embedding": ENCODER_DIR,
+        "ocr": TESSDATA_DIR, "segmenter:NAME": FILE}`), each checked against the recorded sha256 (and the
+        encoder against its recorded pooling) as if found where recorded. Several run directories: an ensemble of seeds
         of one configuration, each post ranked by the mean of the members' ranking scores
         (`model.beam.ensemble_scores`, as `cmkp-predict --model A --model B`); every member must featurise
         posts as the first does."""
@@ -108,7 +112,7 @@ class Tagger:
             if not checkpoint.is_file():
                 raise FileNotFoundError(f"{checkpoint} is missing: RUN_DIR is a cmkp-train output directory")
         records = [load_record(c) for c in checkpoints]                # read once, built into models below
-        featurisations = [check_featurisation(r, config_from_dict(record["config"], str(c)))
+        featurisations = [check_featurisation(r, config_from_dict(record["config"], str(c)), locate)
                           for r, c, record in zip(run_dirs, checkpoints, records)]
         check_same_featurisation(featurisations)
         featurisation = featurisations[0]
@@ -118,12 +122,12 @@ class Tagger:
         ocr_pool = None
         if "ocr" in featurisation.groups:
             from pipeline.ocr import OCRPool
-            ocr_pool = OCRPool(ocr_workers, featurisation.groups["ocr"]["meta"]["tessdata"])
+            ocr_pool = OCRPool(ocr_workers, featurisation.place("ocr"))
         if threads:
             torch.set_num_threads(threads)
         dev = resolve_device(device)
         try:
-            extractors = {g: cls._build(g, entry, dev, batch_size, notes)
+            extractors = {g: cls._build(g, entry, featurisation.place(g), dev, batch_size, notes)
                           for g, entry in featurisation.groups.items() if g != "ocr"}
             if "ocr" in featurisation.groups:
                 extractors["ocr"] = cls._ocr(featurisation)
@@ -149,10 +153,9 @@ class Tagger:
         from pipeline.segment import build_segmenter
         from pipeline.text import PostTokenizer
 
-        text = featurisation.record["text"]
         segmenter = build_segmenter(corpus_texts=featurisation.segmenter_texts(),
-                                    stats_from=[e["path"] for e in text["segmenter_stats_from"]],
-                                    learn_from=[e["path"] for e in text["segmenter_learn_from"]])
+                                    stats_from=featurisation.segmenter_files("segmenter_stats_from"),
+                                    learn_from=featurisation.segmenter_files("segmenter_learn_from"))
         return PostTokenizer(segmenter)
 
     @staticmethod
@@ -182,9 +185,9 @@ class Tagger:
             raise FeaturisationError(str(err)) from err
 
     @staticmethod
-    def _build(group: str, entry: dict, device: torch.device, batch_size: int, notes: list[str]):
-        """The group's extractor rebuilt from its recorded provenance; refused where it describes itself
-        differently from the training shards' record."""
+    def _build(group: str, entry: dict, place: str, device: torch.device, batch_size: int, notes: list[str]):
+        """The group's extractor rebuilt from its recorded provenance, its weights loaded from `place`; refused
+        where it describes itself differently from the training shards' record."""
         from pipeline.weights import spec_of
 
         meta = _loads(entry["meta"])
@@ -192,7 +195,7 @@ class Tagger:
             from model.data import check_text_embedding, text_embedding_provenance
             from pipeline.text_embedding import TextEncoder
 
-            encoder = TextEncoder(entry["weights"], device=str(device), batch_size=batch_size)
+            encoder = TextEncoder(place, device=str(device), batch_size=batch_size)
             recorded = {"weights": entry["weights"], "sha256": entry["weights_sha256"], "meta": meta}
             try:
                 check_text_embedding(recorded, text_embedding_provenance(encoder.info.attrs(group)), "new posts")
@@ -239,7 +242,7 @@ class Tagger:
         elif group == "attributes":
             from pipeline.attributes import AttributePredictor
 
-            extractor = AttributePredictor(entry["weights"], device=str(device), batch_size=batch_size,
+            extractor = AttributePredictor(place, device=str(device), batch_size=batch_size,
                                            precision=_device_precision(meta.get("precision", "auto"), device))
             attrs = extractor.provenance_attrs
             rebuilt = {"weights": entry["weights"], "weights_sha256": attrs["attributes_weights_sha256"],
@@ -291,6 +294,7 @@ class Tagger:
                 "device": self.device.type, "groups": {g: {"weights": e["weights"], "weights_sha256": e["weights_sha256"]}
                            for g, e in self.featurisation.groups.items()},
                 "carried_groups_absent": self.featurisation.carried,
+                "located": {k: str(v) for k, v in sorted(self.featurisation.located.items())},
                 "random_weights": self.random_weights, "notes": self.notes}
 
     # ------------------------------------------------------------------------------------------- preparation

@@ -30,6 +30,10 @@ from pipeline.text_tasks import (PROGRESS_SECONDS, CrawlTweets, DatasetTask, Fil
                                  write_jsonl)
 
 FILTERS = ("none", "train")
+# The located files are checked against the run's record: where they lie does not change the tags.
+LOCATE_HELP = ('what the run points to outside itself, placed where its recorded path is gone, each checked by '
+               'sha256: \'{"attributes": "PREDICTOR.pt", "text_embedding": "ENCODER_DIR", "ocr": "TESSDATA_DIR", '
+               '"segmenter:NAME": "FILE"}\'')
 _taggers: dict[tuple, object] = {}      # one loaded tagger per run and settings in this process
 
 
@@ -41,14 +45,16 @@ def run_dirs(model: str) -> list[str]:
     return runs
 
 
-def shared_tagger(model: str, device: str, batch_size: int, ocr_workers: int):
+def shared_tagger(model: str, device: str, batch_size: int, ocr_workers: int, locate: dict):
     """The tagger of a run (or an ensemble of runs), loaded once per worker process (every shard shares it)."""
     from model.tagging import Tagger
 
     runs = run_dirs(model)
-    key = (tuple(str(Path(r).resolve()) for r in runs), device, batch_size, ocr_workers)
+    locate = {str(k): str(v) for k, v in locate.items()}
+    key = (tuple(str(Path(r).resolve()) for r in runs), device, batch_size, ocr_workers, tuple(sorted(locate.items())))
     if key not in _taggers:
-        _taggers[key] = Tagger.load(runs, device=device, batch_size=batch_size, ocr_workers=ocr_workers)
+        _taggers[key] = Tagger.load(runs, device=device, batch_size=batch_size, ocr_workers=ocr_workers,
+                                    locate=locate)
     return _taggers[key]
 
 
@@ -62,13 +68,14 @@ class TagParameters(luigi.Task):
     device = luigi.Parameter(default="auto", significant=False)
     batch_size = luigi.IntParameter(default=32, significant=False, description="posts per batch on the device")
     ocr_workers = luigi.IntParameter(default=0, significant=False, description="OCR processes (0: all cores)")
+    locate = luigi.DictParameter(default={}, significant=False, description=LOCATE_HELP)
 
     def tag_params(self) -> dict:
         return {**self.dataset(), "model": self.model, "filters": self.filters, "device": self.device,
-                "batch_size": self.batch_size, "ocr_workers": self.ocr_workers}
+                "batch_size": self.batch_size, "ocr_workers": self.ocr_workers, "locate": self.locate}
 
     def tagger(self):
-        return shared_tagger(self.model, self.device, self.batch_size, self.ocr_workers)
+        return shared_tagger(self.model, self.device, self.batch_size, self.ocr_workers, self.locate)
 
 
 class TagTask(TagParameters, DatasetTask):
@@ -281,11 +288,12 @@ class TagPosts(luigi.Task):
     device = luigi.Parameter(default="auto", significant=False)
     batch_size = luigi.IntParameter(default=32, significant=False)
     ocr_workers = luigi.IntParameter(default=0, significant=False)
+    locate = luigi.DictParameter(default={}, significant=False, description=LOCATE_HELP)
 
     def tag_params(self) -> dict:
         return {"source": self.source, "input_path": self.input, "dataset_dir": self.output, "model": self.model,
                 "filters": self.filters, "device": self.device, "batch_size": self.batch_size,
-                "ocr_workers": self.ocr_workers}
+                "ocr_workers": self.ocr_workers, "locate": self.locate}
 
     def report_target(self) -> DurableTarget:
         return DurableTarget(str(Path(self.output, "report.json")))

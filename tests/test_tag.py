@@ -394,6 +394,112 @@ def test_refusal_on_another_or_a_missing_sentence_encoder(runs, tmp_path):
         Tagger.load(run, device="cpu")
 
 
+# ---- a run directory moved elsewhere -----------------------------------------------------------------------------
+
+def test_a_moved_run_tags_identically_with_what_it_points_to_located(runs, tmp_path):
+    """The default configuration's run copied elsewhere, the original gone, and what it points to outside itself
+    (the dataset's attribute predictor, the sentence encoder's directory) moved: refused naming each and where it
+    was expected; with them located, the same tags to the byte (API, TagPosts, cmkp-tag); a located file of
+    another checksum, or an encoder other than the recorded one, refused by name."""
+    from model.cli import tag
+
+    posts_file = new_posts_file(tmp_path / "in")
+    rows = [json.loads(line) for line in posts_file.read_text().splitlines()[:5]]
+    for row in rows:
+        row["image"] = str(posts_file.parent / row["image"]) if "image" in row else None
+    with Tagger.load(runs["hybrid"], device="cpu", ocr_workers=1) as original:
+        expected = original.tag(rows)
+    expected_lines = tag_posts(runs, "posts", posts_file, tmp_path / "out-original", run="hybrid")["lines"]
+    predictor = (runs["data"] / "work" / "attributes" / "predictor.pt").resolve()
+    encoder = runs["text_encoder"].resolve()
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(runs["hybrid"], moved / "run")
+    places = {runs["hybrid"]: tmp_path / "run-renamed", runs["data"]: moved / "data",
+              runs["text_encoder"]: moved / "encoder"}
+    for old, new in places.items():
+        old.rename(new)
+    try:
+        run = moved / "run"
+        with pytest.raises(FeaturisationError) as refused:
+            Tagger.load(run, device="cpu")
+        assert re.search(rf"attributes: .*expected at {re.escape(str(predictor))}.*locate attributes=PATH",
+                         str(refused.value))
+        assert re.search(rf"text_embedding: .*expected at {re.escape(str(encoder / 'model.safetensors'))}.*"
+                         rf"locate text_embedding=PATH", str(refused.value))
+        locate = {"attributes": str(moved / "data" / "work" / "attributes" / "predictor.pt"),
+                  "text_embedding": str(moved / "encoder")}
+        with Tagger.load(run, device="cpu", ocr_workers=1, locate=locate) as relocated:
+            assert relocated.tag(rows) == expected
+            assert relocated.describe()["located"] == locate
+        lines = tag_posts({"moved": run}, "posts", posts_file, tmp_path / "out-moved", run="moved",
+                          locate=locate)["lines"]
+        assert lines == expected_lines
+        assert (tmp_path / "out-moved" / "tags.jsonl").read_bytes() == \
+            (tmp_path / "out-original" / "tags.jsonl").read_bytes()
+        stdin = "".join(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n" for row in rows)
+        result = CliRunner().invoke(tag, ["--model", str(run), "--device", "cpu", "--ocr-workers", "1",
+                                          *(f"--locate={k}={v}" for k, v in locate.items())], input=stdin)
+        assert result.exit_code == 0, result.output + result.stderr
+        assert [json.loads(line) for line in result.stdout.splitlines()] == expected
+        # Located files are checked as if found where recorded: another predictor's bytes, another encoder.
+        other = tmp_path / "other-predictor.pt"
+        other.write_bytes(Path(locate["attributes"]).read_bytes() + b"\0")
+        with pytest.raises(FeaturisationError, match=rf"attributes: weights {re.escape(str(other))} \(given: locate "
+                                                     rf"attributes=.*\) have sha256 [0-9a-f]{{64}}, the training "
+                                                     rf"shards' features came from sha256 [0-9a-f]{{64}} "
+                                                     rf"\({re.escape(str(predictor))}\)"):
+            Tagger.load(run, device="cpu", locate={**locate, "attributes": str(other)})
+        task = TagPosts(model=str(run), source="posts", input=str(posts_file), output=str(tmp_path / "refused"),
+                        device="cpu", locate={**locate, "attributes": str(other)})
+        assert not luigi.build([task], local_scheduler=True, workers=1)
+        assert not (tmp_path / "refused" / "tags.jsonl").exists()
+        other_encoder = tmp_path / "other-encoder"
+        shutil.copytree(moved / "encoder", other_encoder)
+        with open(other_encoder / "model.safetensors", "ab") as f:
+            f.write(b" ")
+        with pytest.raises(FeaturisationError, match=rf"text_embedding: weights .*other-encoder/model.safetensors "
+                                                     rf".*came from sha256 [0-9a-f]{{64}} "
+                                                     rf"\({re.escape(str(encoder))}\)"):
+            Tagger.load(run, device="cpu", locate={**locate, "text_embedding": str(other_encoder)})
+        # The same weights pooled otherwise: refused once the encoder is built, naming the pooling.
+        shutil.copyfile(moved / "encoder" / "model.safetensors", other_encoder / "model.safetensors")
+        pooling = json.loads((other_encoder / "1_Pooling" / "config.json").read_text())
+        pooling.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+        (other_encoder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+        with pytest.raises(FeaturisationError, match=rf"text_embedding: the encoder this run builds differs .*"
+                                                     rf"'pooling': 'cls'.* not comparable with those of "
+                                                     rf"{re.escape(str(encoder))} .*'pooling': 'mean'"):
+            Tagger.load(run, device="cpu", locate={**locate, "text_embedding": str(other_encoder)})
+        with pytest.raises(FeaturisationError, match=r"locate vgg: not something this run points to .*"
+                                                     r"attributes, ocr, text_embedding"):
+            Tagger.load(run, device="cpu", locate={**locate, "vgg": str(other)})
+    finally:
+        for old, new in places.items():
+            new.rename(old)
+
+
+def test_segmenter_files_a_run_points_to_are_located_by_name(runs, tmp_path):
+    """The hashtag segmenter's extra statistics files are pointed to by path and sha256, and located by name."""
+    from model.checkpoint import config_from_dict, load as load_record
+    from model.provenance import check_featurisation
+    from pipeline.shards import sha256_file
+
+    counts = tmp_path / "counts.txt"
+    counts.write_text("coffee time with friends\n")
+    run = hybrid_copy(runs, tmp_path, lambda _, record: record["text"].update(segmenter_stats_from=[
+        {"path": str(tmp_path / "gone" / "counts.txt"), "sha256": sha256_file(counts)}]))
+    config = config_from_dict(load_record(run / "model.pt")["config"], str(run))
+    with pytest.raises(FeaturisationError, match=rf"segmenter_stats_from\): .*gone/counts.txt is missing; .*locate "
+                                                 rf"segmenter:counts.txt=PATH"):
+        check_featurisation(run, config)
+    found = check_featurisation(run, config, {"segmenter:counts.txt": counts})
+    assert found.segmenter_files("segmenter_stats_from") == [str(counts.resolve())]
+    counts.write_text("another corpus\n")
+    with pytest.raises(FeaturisationError, match=rf"{re.escape(str(counts.resolve()))} \(given: locate "
+                                                 rf"segmenter:counts.txt=.*\) has sha256 [0-9a-f]{{64}}, training"):
+        check_featurisation(run, config, {"segmenter:counts.txt": counts})
+
+
 # ---- seed ensembles ---------------------------------------------------------------------------------------------
 
 def reweighted_copy(runs, tmp_path, rank_mem_weight: float) -> Path:
