@@ -239,6 +239,10 @@ def enter_stage2(model: KeyphraseModel, config: ModelConfig) -> None:
     if config.freeze_classifier:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("decoder.")
+            if not p.requires_grad:
+                # the last stage-1 batch's gradient would stay forever (the new optimizer never clears it) and
+                # count in every later clipping norm; a run resumed in stage 2 has none
+                p.grad = None
 
 
 # ----------------------------------------------------------------------------------------------- one epoch
@@ -476,7 +480,7 @@ class TrainingState:
 
     @classmethod
     def resume(cls, path: Path, config: ModelConfig, data: Data, seed: int, device,
-               ranks: Ranks = ONE_PROCESS) -> "TrainingState":
+               ranks: Ranks = ONE_PROCESS, log=print) -> "TrainingState":
         saved = checkpoint.load(path)
         if saved["seed"] != seed:
             raise ValueError(f"{path}: the run was trained with seed {saved['seed']}, not {seed}: cannot resume it")
@@ -494,14 +498,25 @@ class TrainingState:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         loader = training_loader(data, config, seed, ranks)
-        restore_rng_states(saved["rng"], loader)
+        # Each rank draws its own dropout masks: it continues from its own streams. A run resumed on another
+        # number of ranks splits its batches otherwise anyway; its ranks take rank 0's streams.
+        per_rank = saved.get("rank_rng") or [saved["rng"]]
+        if len(per_rank) != ranks.world:
+            log(f"{path}: trained on {len(per_rank)} rank(s), resumed on {ranks.world}: training continues, but "
+                f"not as the uninterrupted run would have")
+        restore_rng_states(per_rank[ranks.rank] if len(per_rank) == ranks.world else saved["rng"], loader)
         return cls(model, optimizer, scheduler, loader, schedule, saved["history"])
 
-    def save(self, path: Path, seed: int) -> None:
+    def save(self, path: Path, seed: int, ranks: Ranks = ONE_PROCESS) -> None:
+        """Rank 0 writes the state, with every rank's random-number streams (a collective: every rank calls it)."""
+        per_rank = ranks.gather([rng_states(self.loader)])
+        if not ranks.main:
+            return
         checkpoint.save({"format": checkpoint.CHECKPOINT_FORMAT, "seed": seed,
                          "model": checkpoint.model_record(self.model), "optimizer": self.optimizer.state_dict(),
                          "scheduler": self.scheduler.state_dict(), "schedule": dataclasses.asdict(self.schedule),
-                         "history": self.history, "rng": rng_states(self.loader)}, path)
+                         "history": self.history, "rng": per_rank[0],
+                         **({"rank_rng": per_rank} if ranks.world > 1 else {})}, path)
 
 
 # ------------------------------------------------------------------------------------------ run directory
@@ -557,7 +572,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
         config = select_memory_embedding_weight(config, data, dev, log)
     state_path = out_dir / TRAINING_STATE
     if resume and state_path.exists():
-        state = TrainingState.resume(state_path, config, data, seed, dev, ranks)
+        state = TrainingState.resume(state_path, config, data, seed, dev, ranks, log)
         log(f"resuming {out_dir} after epoch {state.schedule.epoch}")
     else:
         if resume:
@@ -605,8 +620,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
                             config=dataclasses.replace(config, **weights))
         if state.schedule.stopped:
             log(f"early stop: no DEV improvement for {state.schedule.stale} epochs")
-        if ranks.main:
-            state.save(state_path, seed)
+        state.save(state_path, seed, ranks)
 
     metrics = None
     if ranks.main:
