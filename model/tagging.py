@@ -18,8 +18,9 @@ A post's image may be a path, an http(s) URL, bytes or a PIL image; it is checke
 (`pipeline.images.validate_image`) and decoded once, and every feature group reads that one decoded image. A post
 without an image, or whose image is rejected, is tagged from its text with the vision modality absent (its
 `modalities` say so, `image_rejected` says why). Identical posts are featurised and ranked once and share the
-answer. All stages run batched: OCR in a process pool kept for the tagger's life, the extractors, the sentence
-encoder and the model `batch_size` posts at a time on the device.
+answer. All stages run batched: OCR in a process pool kept for the tagger's life (reading while this process runs
+the other extractors), the extractors, the sentence encoder and the model `batch_size` posts at a time on the
+device.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import inspect
 import json
 import time
 from collections import Counter
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -87,6 +89,7 @@ class Tagger:
         self.notes = notes
         self.timings = Counter()           # stage -> wall seconds spent in it, over all `tag` calls
         self._session = None
+        self._background = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ocr")
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -262,6 +265,7 @@ class Tagger:
         return extractor
 
     def close(self) -> None:
+        self._background.shutdown()
         if self.ocr_pool is not None:
             self.ocr_pool.close()
             self.ocr_pool = None
@@ -359,17 +363,27 @@ class Tagger:
                 distinct.setdefault(p.image_key, p)
         keys = list(distinct)
         images = [distinct[k].image for k in keys]
-        computed: dict[str, list] = {}
         if not images:
             return
-        for group in self.image_groups:
-            start = time.perf_counter()
-            computed[group] = self._group_features(group, images)
-            self.timings[group] += time.perf_counter() - start
+        # OCR reads in its worker processes while this one runs the other extractors (each uses a core)
+        ocr = self._background.submit(self._timed_features, "ocr", images) if "ocr" in self.image_groups else None
+        try:
+            computed = {g: self._timed_features(g, images) for g in self.image_groups if g != "ocr"}
+        finally:
+            if ocr is not None:
+                futures.wait([ocr])         # never leave the pool reading past this call
+        if ocr is not None:
+            computed["ocr"] = ocr.result()
         by_key = {k: {g: values[i] for g, values in computed.items()} for i, k in enumerate(keys)}
         for p in posts:
             if p.image is not None:
                 p.features = by_key[p.image_key]
+
+    def _timed_features(self, group: str, images: list) -> list:
+        start = time.perf_counter()
+        values = self._group_features(group, images)
+        self.timings[group] += time.perf_counter() - start
+        return values
 
     def _group_features(self, group: str, images: list) -> list:
         if group == "ocr":

@@ -231,6 +231,30 @@ def test_api_on_one_post_and_a_batch(tagger, tmp_path):
     assert batch[2]["modalities"] == ["text"] and "gold" not in batch[2]
 
 
+def test_a_loaded_tagger_reads_no_weights_again_and_its_ocr_errors_surface(tagger, tmp_path, monkeypatch):
+    """Loading costs once: tagging a post loads no checkpoint or weights (no torch.load). OCR reads in the
+    background while the other extractors run; a worker's death there is the call's error, not an empty reading."""
+    import torch
+
+    from pipeline.ocr import OCRWorkerDied
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights read again after loading")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    path = tmp_path / "cup.jpg"
+    path.write_bytes(photo_bytes(TOPICS["CoffeeTime"][0], 11, size=(80, 64)))
+    (one,) = tagger.tag([{"id": "c", "text": "A lovely cup this morning", "image": str(path)}])
+    assert "vision" in one["modalities"] and one["keyphrases"]
+
+    def died(images):
+        raise OCRWorkerDied("an OCR worker process died")
+
+    monkeypatch.setattr(tagger.ocr_pool, "read", died)
+    with pytest.raises(OCRWorkerDied):
+        tagger.tag([{"id": "d", "text": "Another cup", "image": photo_bytes(TOPICS["CoffeeTime"][0], 12)}])
+
+
 def test_tagging_featurises_a_post_exactly_as_the_training_shards(runs, tagger):
     """The training posts, tagged as new posts from the raw archive: the same tokens, OCR tokens, attribute
     words and VGG grid as their rows in the shards."""
@@ -489,8 +513,8 @@ def test_segmenter_files_a_run_points_to_are_located_by_name(runs, tmp_path):
     run = hybrid_copy(runs, tmp_path, lambda _, record: record["text"].update(segmenter_stats_from=[
         {"path": str(tmp_path / "gone" / "counts.txt"), "sha256": sha256_file(counts)}]))
     config = config_from_dict(load_record(run / "model.pt")["config"], str(run))
-    with pytest.raises(FeaturisationError, match=rf"segmenter_stats_from\): .*gone/counts.txt is missing; .*locate "
-                                                 rf"segmenter:counts.txt=PATH"):
+    with pytest.raises(FeaturisationError, match=r"segmenter_stats_from\): .*gone/counts.txt is missing; .*locate "
+                                                 r"segmenter:counts.txt=PATH"):
         check_featurisation(run, config)
     found = check_featurisation(run, config, {"segmenter:counts.txt": counts})
     assert found.segmenter_files("segmenter_stats_from") == [str(counts.resolve())]
