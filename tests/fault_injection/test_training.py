@@ -64,6 +64,21 @@ def assert_same_tensors(a, b, where=""):
 
 
 @pytest.mark.timeout(300)
+def assert_resumed_as_whole(whole: Path, killed: Path) -> tuple[dict, dict]:
+    """The resumed run's metrics, checkpoint and predictions are the uninterrupted run's bytes, and its training
+    state the same tensors (timings aside); returns both training states."""
+    assert (killed / "metrics.json").read_bytes() == (whole / "metrics.json").read_bytes()
+    for name in (CHECKPOINT, "pred_valid.txt"):
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+    a, b = checkpoint.load(whole / TRAINING_STATE), checkpoint.load(killed / TRAINING_STATE)
+    for state in (a, b):
+        for record in state["history"]:
+            for key in TIMING:
+                record.pop(key)
+    assert_same_tensors(a, b)
+    return a, b
+
+
 def test_a_killed_run_resumes_to_the_same_metrics_and_tensors(tmp_path):
     data = write_dataset(tmp_path / "data")
     config = tmp_path / "resumable.json"
@@ -83,15 +98,7 @@ def test_a_killed_run_resumes_to_the_same_metrics_and_tensors(tmp_path):
     assert resumed.wait(timeout=150) == 0, resumed.stderr.read()
     assert f"resuming {killed} after epoch {kept}" in resumed.stderr.read()
 
-    assert (killed / "metrics.json").read_bytes() == (whole / "metrics.json").read_bytes()
-    for name in (CHECKPOINT, "pred_valid.txt"):
-        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
-    a, b = checkpoint.load(whole / TRAINING_STATE), checkpoint.load(killed / TRAINING_STATE)
-    for state in (a, b):
-        for record in state["history"]:
-            for key in TIMING:
-                record.pop(key)
-    assert_same_tensors(a, b)
+    a, b = assert_resumed_as_whole(whole, killed)
     assert [r["epoch"] for r in b["history"]] == list(range(1, RESUMABLE["epochs"] + 1))
     assert (killed / "train.log").read_text().count("\n") == RESUMABLE["epochs"]
     # the same run directory, resumed with another seed or config, is refused
