@@ -11,6 +11,7 @@ import torch
 
 from model.data import BOS, EOS, PAD, UNK, Batch
 from model.model import KeyphraseModel
+from model.ranker import candidate_features, learned_scores
 
 
 @dataclass
@@ -100,11 +101,22 @@ def label_candidates(probs: torch.Tensor, labels, n_best: int, gen_ranked: list)
     return out
 
 
+def source_words(model: KeyphraseModel, batch: Batch) -> list[list[str]]:
+    """Per post: the tokens the encoder read (post, then OCR), as strings."""
+    words, n_gen = model.vocabs.gen.words, model.gen_size
+    return [[words[i] if i < n_gen else oov[i - n_gen] for i in ids[:length]]
+            for ids, length, oov in zip(batch.src_ext.tolist(), batch.src_len.tolist(), batch.oov)]
+
+
+Candidates = tuple[list | None, list | None, list | None, dict | None]
+
+
 @torch.no_grad()
-def candidates_batch(model: KeyphraseModel, batch: Batch) -> list[tuple[list | None, list | None, list | None]]:
+def candidates_batch(model: KeyphraseModel, batch: Batch) -> list[Candidates]:
     """Per post: (generator hypotheses [(kp, summed log P, normalised log P)] best first, or None;
     classifier labels [(kp, probability)] best first, or None; keyphrase-memory labels [(kp, probability)]
-    best first, or None)."""
+    best first, or None; for the learned ranking, every candidate's features (ranker.candidate_features),
+    else None)."""
     c = model.config
     enc = model.encode(batch)
     B = batch.src.shape[0]
@@ -112,26 +124,37 @@ def candidates_batch(model: KeyphraseModel, batch: Batch) -> list[tuple[list | N
     if c.generator:
         hyps = beam_search(model, batch, c.beam, c.max_kp_len, enc=enc)
         gen_ranked = hypothesis_strings(model, hyps, batch.oov, limit=c.beam * 2)
-    cls_ranked = mem_ranked = [None] * B
+    cls_ranked = mem_ranked = features = [None] * B
+    labels = model.vocabs.labels
     if c.classifier:
-        cls_ranked = label_candidates(enc.cls_logits.softmax(-1), model.vocabs.labels, c.n_best, gen_ranked)
+        cls_ranked = label_candidates(enc.cls_logits.softmax(-1), labels, c.n_best, gen_ranked)
     if model.memory is not None:
-        p_mem = model.memory.label_distribution(batch.src, batch.attrs, len(model.vocabs.labels), batch.text_embedding)
-        mem_ranked = label_candidates(p_mem, model.vocabs.labels, c.n_best, gen_ranked)
-    return list(zip(gen_ranked, cls_ranked, mem_ranked))
+        p_mem = model.memory.label_distribution(batch.src, batch.attrs, len(labels), batch.text_embedding)
+        mem_ranked = label_candidates(p_mem, labels, c.n_best, gen_ranked)
+    if c.ranking == "learned":
+        p_cent = model.memory.centroid_distribution(batch.text_embedding, len(labels))
+        cent_ranked = label_candidates(p_cent, labels, c.n_best, gen_ranked)
+        counts = dict(zip(labels.words, model.memory.label_counts(len(labels)).tolist()))
+        features = [candidate_features(g, sides, source, counts) for g, *sides, source in
+                    zip(gen_ranked, cls_ranked, mem_ranked, cent_ranked, source_words(model, batch))]
+    return list(zip(gen_ranked, cls_ranked, mem_ranked, features))
 
 
-def rank_scores(candidates: tuple[list | None, list | None, list | None], ranking: str, cls_weight: float,
-                mem_weight: float) -> dict[str, float]:
-    """One post's keyphrases with the scores they are ranked by, best first:
+def rank_scores(candidates: tuple, ranking: str, cls_weight: float, mem_weight: float,
+                feature_weights=()) -> dict[str, float]:
+    """One post's keyphrases with the scores they are ranked by, best first, from its `candidates_batch` tuple
+    (the unified ranking reads its first three parts, the learned ranking the features):
     generator: the softmax of the hypotheses' length-normalised log P over the post's hypotheses (q_gen);
     classifier: the labels' probabilities;
     unified: q_gen + cls_weight x P_cls + mem_weight x P_mem over the union of the lists (a keyphrase a side did
     not list gets 0 from it). Normalising the beam's scores over its own list puts the three sides on one scale:
-    raw sequence probabilities (~1e-3) next to label probabilities (~1e-1) would let the labels decide alone."""
-    gen_post, cls_post, mem_post = candidates
+    raw sequence probabilities (~1e-3) next to label probabilities (~1e-1) would let the labels decide alone;
+    learned: p(kp | post) of the candidates' features under `feature_weights` (model/ranker.py)."""
+    gen_post, cls_post, mem_post = candidates[:3]
     if ranking == "classifier":
         return dict(cls_post)
+    if ranking == "learned":
+        return learned_scores(candidates[3], feature_weights)
     score: dict[str, float] = {}
     if gen_post:
         norm = torch.tensor([nm for _, _, nm in gen_post]).softmax(0).tolist()
@@ -146,16 +169,17 @@ def rank_scores(candidates: tuple[list | None, list | None, list | None], rankin
     return dict(sorted(score.items(), key=lambda item: item[1], reverse=True))
 
 
-def rank(candidates: tuple[list | None, list | None, list | None], ranking: str, cls_weight: float,
-         mem_weight: float, n_best: int) -> list[str]:
+def rank(candidates: tuple, ranking: str, cls_weight: float, mem_weight: float, n_best: int,
+         feature_weights=()) -> list[str]:
     """One post's ranked keyphrases (`rank_scores`), at most n_best."""
-    return list(rank_scores(candidates, ranking, cls_weight, mem_weight))[:n_best]
+    return list(rank_scores(candidates, ranking, cls_weight, mem_weight, feature_weights))[:n_best]
 
 
 def model_scores(model: KeyphraseModel, candidates: list) -> list[dict[str, float]]:
     """Each post's `rank_scores`, as the model's config ranks (its ranking and its chosen weights)."""
     c = model.config
-    return [rank_scores(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight) for cands in candidates]
+    return [rank_scores(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight, c.rank_feature_weights)
+            for cands in candidates]
 
 
 def ensemble_scores(scores: list[dict[str, float]]) -> dict[str, float]:
@@ -176,5 +200,5 @@ def ensemble_rank(scores: list[dict[str, float]], n_best: int) -> list[str]:
 def predict_batch(model: KeyphraseModel, batch: Batch) -> list[list[str]]:
     """Ranked keyphrases per post, as the model's config defines the ranking."""
     c = model.config
-    return [rank(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight, c.n_best)
+    return [rank(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight, c.n_best, c.rank_feature_weights)
             for cands in candidates_batch(model, batch)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -81,11 +81,18 @@ class ModelConfig:
     n_best: int = 10                 # ranked keyphrases written per post
     # "generator": the beam's order; "classifier": label order; "unified": by
     #   q_gen + rank_cls_weight x P_cls + rank_mem_weight x P_mem, where q_gen is the softmax of the beam
-    #   hypotheses' length-normalised log P over the post's hypotheses (model/beam.py `rank`)
+    #   hypotheses' length-normalised log P over the post's hypotheses (model/beam.py `rank`); "learned": by a
+    #   linear function of each candidate's features (the sides' scores and more; model/ranker.py)
     ranking: str = "unified"
     rank_cls_weight: float = 0.2
     rank_mem_weight: float = 1.5
-    tune_rank_weight: bool = True    # choose both weights on DEV at every epoch (train.RANK_WEIGHT_GRID)
+    # the learned ranking's, one per feature of ranker.RANK_FEATURES; before they are fitted, the unified
+    # ranking's weights (generator 1, classifier 0.2, memory 1.5): its candidates in its order, then the
+    # centroids' others
+    rank_feature_weights: list[float] = field(default_factory=lambda: [1.0, 0.2, 1.5, 0.0, 0.0, 0.0, 0.0, 0.0])
+    # choose the ranking's weights on DEV at every epoch: the unified ranking's two from train.RANK_WEIGHT_GRID,
+    # the learned ranking's fitted (ranker.fit)
+    tune_rank_weight: bool = True
     # --- keyphrase memory (model/memory.py; not in the paper) -----------------------------------------------
     # The unified ranking also hears the keyphrases of the training posts most similar to the post (TF-IDF
     # cosine over post + OCR words and image attributes); what it adds: docs/results.md, "What each part of the
@@ -101,7 +108,7 @@ class ModelConfig:
     def __post_init__(self):
         choices = {"vision": ("vgg", "butd", "none"), "fusion": ("pool", "text-query", "both", "ban"),
                    "pool": ("max", "avg"), "select_on": ("f1@1", "loss"), "on_nonfinite": ("stop", "skip"),
-                   "ranking": ("generator", "classifier", "unified")}
+                   "ranking": ("generator", "classifier", "unified", "learned")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config {key}={getattr(self, key)!r}: expected one of {allowed}")
@@ -129,9 +136,12 @@ class ModelConfig:
             self.ranking = "classifier"
         if self.memory_embedding and not self.memory:
             raise ValueError("memory_embedding is the keyphrase memory's similarity: it needs memory true")
-        if self.memory and self.ranking != "unified":
-            raise ValueError(f"the keyphrase memory ranks with the unified ranking, which needs the classifier and "
-                             f"the generator (ranking is {self.ranking!r}): set memory to false")
+        if self.memory and self.ranking not in ("unified", "learned"):
+            raise ValueError(f"the keyphrase memory ranks with the unified or the learned ranking, which need the "
+                             f"classifier and the generator (ranking is {self.ranking!r}): set memory to false")
+        if self.ranking == "learned" and not self.memory_embedding:
+            raise ValueError("the learned ranking reads the keyphrase memory and its label centroids of the posts' "
+                             "sentence embeddings: it needs memory and memory_embedding true")
 
     @property
     def uses_text_embedding(self) -> bool:
@@ -182,6 +192,8 @@ CONFIGS: dict[str, ModelConfig] = {
     # the unified model with the hybrid keyphrase memory: the best measured on the benchmark protocol
     # (docs/results.md); its shards need the text_embedding group
     "gen-cls-m3h-att-hybrid": _variant(_FULL, "gen-cls-m3h-att-hybrid", memory_embedding=True),
+    # ... ranked by the learned ranking
+    "gen-cls-m3h-att-learned": _variant(_FULL, "gen-cls-m3h-att-learned", memory_embedding=True, ranking="learned"),
     # ... and the posts' sentence embeddings as a modality of the encoder
     "gen-cls-m3h-att-hybrid-sentence": _variant(_FULL, "gen-cls-m3h-att-hybrid-sentence", memory_embedding=True,
                                                 text_embedding_modality=True),

@@ -19,6 +19,12 @@ unified ranking only (model/beam.py `rank`). It scores only the classifier's lab
 
 TF-IDF finds only the neighbours that share words; the embeddings also find those on one topic in other words.
 
+With the embeddings the memory also holds each label's centroid: the normalised mean embedding of the training
+posts that carry it, for the learned ranking (model/ranker.py), which hears the post's meaning next to each
+keyphrase's as one more side:
+
+    p_cent(label | post) = softmax over the labels of cos(post embedding, label centroid) / CENTROID_TEMPERATURE
+
 A post's vector has two parts: its words (post + OCR) and its image's attribute words, kept apart (the word
 "beach" among the attributes is image evidence, not the same feature as "beach" in the text): the attributes
 make the vote cross-media. The power s > 1 lets the nearest posts count more. Both were chosen on DEV
@@ -32,6 +38,7 @@ import torch.nn as nn
 from model.data import SEP, Example, pad_rows
 
 N_SPECIAL_WORDS = SEP + 1      # <pad> <bos> <eos> <unk> <sep>: never evidence of a topic
+CENTROID_TEMPERATURE = 0.1     # cosines of one post to the labels' centroids span ~0.1-0.7: sharpen them
 
 
 class KeyphraseMemory(nn.Module):
@@ -50,7 +57,11 @@ class KeyphraseMemory(nn.Module):
         self.register_buffer("key_values", torch.zeros(0))                         # [nnz]
         self.register_buffer("labels", torch.zeros(0, 1, dtype=torch.long))       # [N, M] label ids, 0-padded
         self.register_buffer("embeddings", torch.zeros(0, 0))                      # [N, D] unit rows, or empty
+        # derived from `embeddings` and `labels` (so not saved): [n labels, D] unit rows, zero for label 0 and for
+        # labels no embedded post carries
+        self.register_buffer("centroids", torch.zeros(0, 0), persistent=False)
         self.register_load_state_dict_post_hook(KeyphraseMemory._check_keys)
+        self.register_load_state_dict_post_hook(lambda memory, _keys: memory._derive_centroids())
 
     @classmethod
     def build(cls, examples: list[Example], n_words: int, k: int, power: float, chunk: int = 1024,
@@ -77,7 +88,25 @@ class KeyphraseMemory(nn.Module):
                 for part in (examples[i:i + chunk] for i in range(0, len(examples), chunk))]
         keys = torch.cat(rows).coalesce()
         memory.key_indices, memory.key_values = keys.indices(), keys.values()
+        memory._derive_centroids()
         return memory
+
+    def _derive_centroids(self) -> None:
+        if self.embeddings.shape[0] != len(self.labels) or not len(self.labels):
+            self.centroids = self.embeddings.new_zeros(0, 0)
+            return
+        posts = torch.arange(len(self.labels), device=self.labels.device).repeat_interleave(self.labels.shape[1])
+        flat = self.labels.flatten()                                             # [N * M] label ids, 0: padding
+        sums = self.embeddings.new_zeros(int(flat.max()) + 1, self.embeddings.shape[1])
+        sums.index_add_(0, flat, self.embeddings[posts])
+        sums[0] = 0.0
+        self.centroids = sums / sums.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+    def label_counts(self, n_labels: int) -> torch.Tensor:
+        """[n_labels] how many training posts carry each label (label 0, the padding, counts 0)."""
+        counts = torch.bincount(self.labels.flatten(), minlength=n_labels)
+        counts[0] = 0
+        return counts
 
     def get_extra_state(self) -> dict:
         return {"embedding_provenance": self.embedding_provenance}
@@ -144,6 +173,20 @@ class KeyphraseMemory(nn.Module):
         dist.scatter_add_(1, labels.flatten(1), weight.flatten(1))
         dist[:, 0] = 0.0                                                          # label 0: not a keyphrase
         return dist / dist.sum(1, keepdim=True).clamp(min=1e-12)
+
+    def centroid_distribution(self, embeddings: torch.Tensor, n_labels: int) -> torch.Tensor:
+        """p_cent [B, n_labels] for the posts' sentence embeddings [B, D]: rows sum to 1 over the labels that
+        embedded training posts carry; an empty memory retrieves nothing (rows of 0)."""
+        if not len(self.labels):
+            return torch.zeros(embeddings.shape[0], n_labels, device=embeddings.device)
+        if not len(self.centroids):
+            raise ValueError("the keyphrase memory's label centroids need the sentence embeddings of the training "
+                             "posts (memory_embedding)")
+        logits = torch.full((embeddings.shape[0], n_labels), -torch.inf, device=embeddings.device)
+        carried = self.centroids.norm(dim=1) > 0                                  # [n labels]
+        cos = (embeddings @ self.centroids.T) / CENTROID_TEMPERATURE             # [B, n labels]
+        logits[:, :len(carried)] = cos.masked_fill(~carried, -torch.inf)
+        return logits.softmax(1)
 
     def extra_repr(self) -> str:
         return f"posts={len(self.labels)}, k={self.k}, power={self.power}, embedding_weight={self.embedding_weight}"

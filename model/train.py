@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from durable.atomic import atomic_file
-from model import checkpoint
+from model import checkpoint, ranker
 from model.beam import candidates_batch, ensemble_rank, label_candidates, model_scores, rank
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
@@ -331,13 +331,11 @@ def split_candidates(model: KeyphraseModel, dataset: PostDataset, device, batch_
     return out
 
 
-def rank_split(model: KeyphraseModel, candidates: list,
-               weights: tuple[float, float] | None = None) -> list[list[str]]:
-    """Ranked keyphrases per post; `weights` (classifier, memory) of the unified ranking default to the
-    config's."""
-    c = model.config
-    cls_weight, mem_weight = weights or (c.rank_cls_weight, c.rank_mem_weight)
-    return [rank(cands, c.ranking, cls_weight, mem_weight, c.n_best) for cands in candidates]
+def rank_split(model: KeyphraseModel, candidates: list, weights: dict | None = None) -> list[list[str]]:
+    """Ranked keyphrases per post; `weights` (the ranking's RANKING_FIELDS) default to the config's."""
+    c = dataclasses.replace(model.config, **(weights or {}))
+    return [rank(cands, c.ranking, c.rank_cls_weight, c.rank_mem_weight, c.n_best, c.rank_feature_weights)
+            for cands in candidates]
 
 
 def predict_split(model: KeyphraseModel, dataset: PostDataset, device, batch_size: int = 64) -> list[list[str]]:
@@ -345,8 +343,10 @@ def predict_split(model: KeyphraseModel, dataset: PostDataset, device, batch_siz
     return rank_split(model, split_candidates(model, dataset, device, batch_size))
 
 
+# the ranking's weights, chosen on DEV at every epoch (select_rank_weight)
+RANKING_FIELDS = {"unified": ("rank_cls_weight", "rank_mem_weight"), "learned": ("rank_feature_weights",)}
 # config fields that DEV chooses per run: checkpoints of one configuration may differ in them
-TUNED_FIELDS = ("rank_cls_weight", "rank_mem_weight", "memory_embedding_weight")
+TUNED_FIELDS = (*RANKING_FIELDS["unified"], *RANKING_FIELDS["learned"], "memory_embedding_weight")
 
 
 def check_one_configuration(models: list[KeyphraseModel], names: list[str]) -> None:
@@ -370,20 +370,25 @@ def predict_ensemble(models: list[KeyphraseModel], dataset: PostDataset, device,
     return [ensemble_rank(list(post), models[0].config.n_best) for post in zip(*per_model)]
 
 
-def select_rank_weight(model: KeyphraseModel, candidates: list, split: Split) -> tuple[tuple[float, float], dict]:
-    """The unified ranking's (classifier, memory) weights and the scores they give on `split`. When the config
-    tunes them, the weights of RANK_WEIGHT_GRID that maximise F1@1 on it (DEV chooses them, as it chooses the
-    checkpoint; re-ranking the same candidates costs no decoding); ties go to the first (the smaller weights)."""
+def select_rank_weight(model: KeyphraseModel, candidates: list, split: Split) -> tuple[dict, dict]:
+    """The ranking's weights (its RANKING_FIELDS) and the scores they give on `split`. When the config tunes
+    them (DEV chooses them, as it chooses the checkpoint; re-ranking the same candidates costs no decoding): the
+    unified ranking's (classifier, memory) weights of RANK_WEIGHT_GRID that maximise F1@1 on it (ties go to the
+    first, the smaller weights); the learned ranking's fitted on it (ranker.fit)."""
     c = model.config
-    if not (c.ranking == "unified" and c.tune_rank_weight):
-        weights = (c.rank_cls_weight, c.rank_mem_weight)
+    if not (c.ranking in RANKING_FIELDS and c.tune_rank_weight):
+        return {}, score(rank_split(model, candidates), split)
+    if c.ranking == "learned":
+        weights = {"rank_feature_weights": ranker.fit([f for *_, f in candidates],
+                                                      [post.keyphrases for post in split.posts])}
         return weights, score(rank_split(model, candidates, weights), split)
     grid = RANK_WEIGHT_GRID
     if model.memory is None:
         grid = tuple(dict.fromkeys((cls, 0.0) for cls, _ in grid))
-    tried = {weights: score(rank_split(model, candidates, weights), split) for weights in grid}
+    tried = {weights: score(rank_split(model, candidates, dict(zip(RANKING_FIELDS["unified"], weights))), split)
+             for weights in grid}
     best = max(tried, key=lambda w: tried[w]["f1@1"])
-    return best, tried[best]
+    return dict(zip(RANKING_FIELDS["unified"], best)), tried[best]
 
 
 @torch.no_grad()
@@ -406,7 +411,7 @@ def validation_loss(model: KeyphraseModel, dataset: PostDataset, device, batch_s
 class Validation:
     loss: float
     metrics: dict
-    weights: tuple[float, float]     # the unified ranking's (classifier, memory) weights the metrics used
+    weights: dict                    # the ranking's weights the metrics used (RANKING_FIELDS; {}: the config's)
     decode_s: float
 
 
@@ -601,9 +606,8 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
         fit = train_epoch(model, state.loader, state.optimizer, config, dev, epoch, progress, ranks, module)
         val = validate(model, data, dev, config, ranks)
         state.scheduler.step(val.loss)
-        weights = dict(zip(("rank_cls_weight", "rank_mem_weight"), val.weights))
-        record = {"epoch": epoch, "agg_weight": float(model.agg_weight),
-                  **(weights if config.ranking == "unified" else {}),
+        weights = val.weights
+        record = {"epoch": epoch, "agg_weight": float(model.agg_weight), **weights,
                   **{k: v for k, v in fit.items() if not k.endswith("_s")},
                   "valid_loss": val.loss, **{f"valid_{k}": val.metrics[k] for k in HEADLINE},
                   "lr": state.optimizer.param_groups[0]["lr"], "train_cpu_s": fit["train_cpu_s"],

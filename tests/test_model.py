@@ -268,7 +268,7 @@ def test_label_candidates_cover_the_generator_hypotheses(data_dir):
     labels = model.vocabs.labels
     probs = {"cls": model.encode(batch).cls_logits.softmax(-1),
              "mem": model.memory.label_distribution(batch.src, batch.attrs, len(labels))}
-    for b, (gen, *sides) in enumerate(candidates_batch(model, batch)):
+    for b, (gen, *sides, _) in enumerate(candidates_batch(model, batch)):
         for name, side in zip(("cls", "mem"), sides):
             kps = [kp for kp, _ in side]
             assert [p for _, p in side] == sorted((p for _, p in side), reverse=True)
