@@ -189,16 +189,16 @@ CONFIGS: dict[str, ModelConfig] = {
     "cls-m3h-att": _variant(_FULL, "cls-m3h-att", **_CLS),
     "gen-m3h-att": _variant(_FULL, "gen-m3h-att", **_GEN),
     "gen-cls-m3h-att": _FULL,
-    # the unified model with the hybrid keyphrase memory: the best measured on the benchmark protocol
-    # (docs/results.md); its shards need the text_embedding group
+    # the unified model with the hybrid keyphrase memory; its shards need the text_embedding group
     "gen-cls-m3h-att-hybrid": _variant(_FULL, "gen-cls-m3h-att-hybrid", memory_embedding=True),
-    # ... ranked by the learned ranking
+    # ... ranked by the learned ranking (model/ranker.py): the best measured on the benchmark protocol
+    # (docs/results.md)
     "gen-cls-m3h-att-learned": _variant(_FULL, "gen-cls-m3h-att-learned", memory_embedding=True, ranking="learned"),
     # ... and the posts' sentence embeddings as a modality of the encoder
     "gen-cls-m3h-att-hybrid-sentence": _variant(_FULL, "gen-cls-m3h-att-hybrid-sentence", memory_embedding=True,
                                                 text_embedding_modality=True),
 }
-DEFAULT_CONFIG = "gen-cls-m3h-att-hybrid"
+DEFAULT_CONFIG = "gen-cls-m3h-att-learned"
 
 
 def load_config(name_or_file: str, **overrides) -> ModelConfig:

@@ -6,7 +6,7 @@ Steps, each the command a user would type (the log shows each one as it starts):
     corpus    python data/make_sample_corpus.py --out build/sample-src
     pipeline  luigi --module pipeline.tasks BuildDataset --source archive --input build/sample-src
                 --output build/sample --local-scheduler --workers 2      (with LUIGI_CONFIG_PATH=demo.cfg)
-    train     cmkp-train --data build/sample --config gen-cls-m3h-att-hybrid --out build/sample-run --epochs N ...
+    train     cmkp-train --data build/sample --config gen-cls-m3h-att-learned --out build/sample-run --epochs N ...
     tag       cmkp-tag --model build/sample-run --input build/sample-src/new-posts/posts.jsonl
                 --out build/sample-run/new-posts-tags.jsonl --top 3
 
@@ -40,7 +40,7 @@ LOG_TAIL_LINES = 40          # shown on the terminal when a step fails
 class DemoConfig:
     out: Path = Path("build")
     workers: int = 2             # Luigi workers (processes running tasks at once)
-    config: str = "gen-cls-m3h-att-hybrid"   # the default configuration (model.config.DEFAULT_CONFIG)
+    config: str = "gen-cls-m3h-att-learned"   # the default configuration (model.config.DEFAULT_CONFIG)
     epochs: int = 4              # few: the memory ranking scores well from the first epoch
     seed: int = 1
     top: int = 3                 # keyphrases shown per tagged new post

@@ -100,8 +100,8 @@ class luigi_settings:
 
 def build_runs(root: Path, text_encoder: Path) -> dict[str, Path]:
     """The archive, its dataset and three runs (`image`: the unified model with VGG, OCR and attributes;
-    `text`: the same model on the text alone; `hybrid`: the default configuration, whose keyphrase memory also
-    compares the posts' sentence embeddings from `text_encoder`, a model directory)."""
+    `text`: the same model on the text alone; `hybrid`: the default configuration (the learned ranking), whose
+    keyphrase memory also compares the posts' sentence embeddings from `text_encoder`, a model directory)."""
     from model.config import load_config
     from model.train import train
     from pipeline.tasks import BuildDataset
@@ -115,7 +115,7 @@ def build_runs(root: Path, text_encoder: Path) -> dict[str, Path]:
     configs = {"image": {"base": "gen-cls-m3h-att", **TINY},
                "text": {"base": "gen-cls-m3h-att", "vision": "none", "use_attributes": False,
                         "image_wordings": False, **TINY},
-               "hybrid": {"base": "gen-cls-m3h-att-hybrid", **TINY}}
+               "hybrid": {"base": "gen-cls-m3h-att-learned", **TINY}}
     for name, fields in configs.items():
         path = root / f"{name}.json"
         path.write_text(json.dumps(fields))

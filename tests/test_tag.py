@@ -526,15 +526,17 @@ def test_segmenter_files_a_run_points_to_are_located_by_name(runs, tmp_path):
 
 # ---- seed ensembles ---------------------------------------------------------------------------------------------
 
-def reweighted_copy(runs, tmp_path, rank_mem_weight: float) -> Path:
-    """A member of the hybrid run's configuration that ranks otherwise: the same checkpoint with another memory
-    weight in the unified ranking (a field DEV chooses per run, as it does per seed)."""
+def reweighted_copy(runs, tmp_path, scale: float) -> Path:
+    """A member of the hybrid run's configuration that ranks otherwise: the same checkpoint with its learned
+    ranking's weights scaled (fields DEV chooses per run, as it does per seed), which flattens or sharpens its
+    scores."""
     import torch
 
     run = tmp_path / "reweighted"
     shutil.copytree(runs["hybrid"], run)
     checkpoint = torch.load(run / "model.pt", weights_only=True)
-    checkpoint["config"]["rank_mem_weight"] = rank_mem_weight
+    config = checkpoint["config"]
+    config["rank_feature_weights"] = [w * scale for w in config["rank_feature_weights"]]
     torch.save(checkpoint, run / "model.pt")
     return run
 
@@ -550,7 +552,7 @@ def test_an_ensemble_of_one_run_is_that_run_and_members_scores_are_averaged(runs
         expected = alone.tag(posts, top=1000)
         assert one.tag(posts, top=1000) == expected and twice.tag(posts, top=1000) == expected
         assert "ensemble" not in one.describe() and twice.describe()["ensemble"] == [str(runs["hybrid"])] * 2
-    other = reweighted_copy(runs, tmp_path, rank_mem_weight=0.25)
+    other = reweighted_copy(runs, tmp_path, scale=0.1)
     with Tagger.load(other, device="cpu") as member, Tagger.load([runs["hybrid"], other], device="cpu") as both:
         second = member.tag(posts, top=1000)
         assert second != expected
