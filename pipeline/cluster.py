@@ -24,13 +24,15 @@ with an error saying so instead of running it. A declined kind of task waits for
 no such worker, the build waits.
 
 With `CMKP_TASK_TIMELINE=FILE` in its environment, each worker appends a JSON line per task it completed
-(task id, family, start, end, host, pid) to FILE: the timeline that benchmarks/bench_scale.py reads.
+(task id, family, start, end, the CPU seconds of the task's run in the worker and the child processes it waited
+for, host, pid) to FILE: the timeline that benchmarks/bench_scale.py reads.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -134,12 +136,27 @@ class ClusterWorkerFactory(luigi.interface._WorkerSchedulerFactory):
         return ClusterWorker(scheduler=scheduler, worker_processes=worker_processes)
 
 
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and by the child processes it has waited for."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+_cpu_at_start: dict[str, float] = {}     # task id -> cpu_seconds() when its run started (Luigi's START event)
+
+
+def record_task_start(task: luigi.Task) -> None:
+    _cpu_at_start[task.task_id] = cpu_seconds()
+
+
 def record_task_time(task: luigi.Task, seconds: float) -> None:
     """Luigi's PROCESSING_TIME event: one line per completed task, appended whole (O_APPEND) so that the
-    workers of several processes and hosts can share one file."""
+    workers of several processes and hosts can share one file. A worker runs its tasks in its own process
+    (`--workers 1`), so the CPU seconds since START are the task's."""
     end = time.time()
     line = {"task": task.task_id, "family": task.task_family, "start": end - seconds, "end": end,
-            "host": socket.gethostname(), "pid": os.getpid()}
+            "cpu": cpu_seconds() - _cpu_at_start.pop(task.task_id), "host": socket.gethostname(),
+            "pid": os.getpid()}
     fd = os.open(os.environ[TIMELINE_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (json.dumps(line) + "\n").encode())
@@ -193,6 +210,7 @@ def loopback_scheduler(state_dir: Path, scheduler_config: str = "", honour_decli
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if os.environ.get(TIMELINE_ENV):
+        luigi.Task.event_handler(luigi.Event.START)(record_task_start)
         luigi.Task.event_handler(luigi.Event.PROCESSING_TIME)(record_task_time)
     # Several worker processes of one build on one host are the point here: Luigi's per-host pid lock would
     # refuse the second one.

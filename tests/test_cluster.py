@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ BUILD = ["--module", "pipeline.tasks", "BuildDataset", "--source", "archive", "-
 # Luigi's worker log lines: "... Worker(...) running   Task(...)" and "... Worker(...) done      Task(...)"
 LOG_LINE = re.compile(r"\) (running|done) +(\w+\(.*\))$")
 TIMEOUT = 300
+DYNAMIC = ("SplitManifest(", "BuildDataset(")       # the tasks that yield dynamic dependencies
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +100,11 @@ def test_three_workers_build_one_dataset_each_task_once(corpus, reference, luigi
 
     done = [task for log in logs for task in task_lines(log, "done")]
     assert len(done) == len(set(done)), "a task ran to completion twice"
+    # nor started twice: a task runs once, except those with dynamic dependencies, run again (by any worker)
+    # once their dependencies are complete
+    started = Counter(task for log in logs for task in task_lines(log, "running"))
+    assert [task for task, n in started.items() if n > 1 and not task.startswith(DYNAMIC)] == []
+    assert set(started) == set(done)
     shard_tasks = [task for task in done if task.startswith("RunOCR(")]
     assert len(shard_tasks) == len([f for f in reference if re.fullmatch(r"\w+/shard-\d+\.h5", f)])
     busy = [log for log in logs if any(t.startswith(("RunOCR(", "TextShard(", "AssembleShard("))
