@@ -306,16 +306,16 @@ class KeyphraseModel(nn.Module):
         c = self.config
         feats, memory = {}, None
         src_mask = batch.src != PAD                                        # [B, L]
-        final = keys = topic = topic_loss = None
+        final = keys = topic = topic_mean = topic_loss = None
         if c.topics:
-            topic, topic_loss = self.topic_model(self.bag_of_words(batch.src))   # [B, K], [B]
+            topic, topic_mean, topic_loss = self.topic_model(self.bag_of_words(batch.src))   # [B, K] x 2, [B]
         if c.use_text:
             x = self.emb_drop(self.embedding(batch.src))                   # [B, L, E]
             if self.encoder is not None:
                 memory, final = self.encoder(x, batch.src_len)             # [B, L, H], [B, H]
             text = memory
             if c.topic_memory:
-                text = self.topic_memory(x, src_mask, topic, self.topic_model.topic_words())   # [B, L, H]
+                text = self.topic_memory(x, src_mask, topic_mean, self.topic_model.topic_words())   # [B, L, H]
             feats["text"] = (text, src_mask)
         B = batch.src.shape[0]
         if c.vision != "none":

@@ -70,16 +70,19 @@ class NeuralTopicModel(nn.Module):
             g = torch.tanh(layer(g))
         return g + z
 
-    def forward(self, bow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """bow [B, V] word counts -> (the topic representation g [B, K]: from a sample of z while training, from
-        its mean otherwise; the per-post loss [B])."""
+    def forward(self, bow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """bow [B, V] word counts -> (g [B, K] from a sample of z while training and from its mean otherwise,
+        g_mean [B, K] always from the mean, the per-post loss [B]). The sample feeds the reconstruction (and
+        TAKG's decoder, as their code does); TMN's memory reads g_mean: at initialisation the sample's noise
+        (sd ~1) is some 20 times the words' features, and it changes every step, so a classifier reading it
+        learns nothing (docs/results.md, "cls-tmn")."""
         h = F.relu(self.enc2(F.relu(self.enc1(bow)))) + self.shortcut(bow)
         mu, logvar = self.mu(h), self.logvar(h)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
-        g = self.generate(z)
+        g_mean = self.generate(mu)
+        g = self.generate(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)) if self.training else g_mean
         nll = -(bow * self.decoder(g).log_softmax(-1)).sum(-1)
         kld = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(-1)
-        return g, nll + kld + self.l1_strength * self.decoder.weight.abs().sum()
+        return g, g_mean, nll + kld + self.l1_strength * self.decoder.weight.abs().sum()
 
     def topic_words(self) -> torch.Tensor:
         """Each topic's distribution over the bag-of-words vocabulary: [K, V]."""
