@@ -18,10 +18,14 @@ the crawl stage, the load and every stage again. That process times its imports 
 event), so the benchmark prints where its time went: the ratio is its
 wall time over the sum of the stages alone (load included), and again with the imports counted as a stage.
 Then the in-process API's CPU time for one text-only post, after loading (median of 20 calls).
-Wall seconds throughout (OCR runs in other processes); on a shared machine figures vary from run to run.
+Wall seconds, and beside them CPU seconds (user + system: this process's threads and its OCR workers', read from
+/proc, so Linux; end to end and the imports: the finished child processes'), which vary less on a shared machine,
+where wall figures vary from run to run, and which no overlap of the stages lowers.
 """
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -78,40 +82,70 @@ def timed(function):
     return out, time.perf_counter() - start
 
 
-def fresh_process_imports() -> float:
-    """Wall seconds of a fresh interpreter importing what the `luigi` command imports before loading a run."""
-    _, seconds = timed(lambda: subprocess.run([sys.executable, "-c", IMPORTS], check=True))
+def cpu_now(tagger=None) -> float:
+    """CPU seconds (user + system, all threads) this process has used, plus, given a tagger, its OCR worker
+    processes' and their finished children's (read from /proc: the workers live as long as the tagger)."""
+    seconds = time.process_time()
+    for worker in tagger.ocr_pool.workers.workers if tagger is not None and tagger.ocr_pool else []:
+        fields = Path(f"/proc/{worker.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime, stime, and the cutime, cstime of what it ran and waited for (a tesseract process)
+        seconds += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
     return seconds
 
 
+def children_cpu() -> float:
+    """CPU seconds of the finished child processes (and theirs) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def fresh_process_imports() -> tuple[float, float]:
+    """Wall and CPU seconds of a fresh interpreter importing what the `luigi` command imports before loading a
+    run."""
+    cpu = children_cpu()
+    _, seconds = timed(lambda: subprocess.run([sys.executable, "-c", IMPORTS], check=True))
+    return seconds, children_cpu() - cpu
+
+
 def stages_alone(args, rows: list[dict]) -> tuple[dict, dict]:
-    """Seconds of each stage measured alone in this process, and what the run reads."""
+    """(wall, CPU) seconds of each stage measured alone in this process, and what the run reads."""
     n = len(rows)
+    cpu = time.process_time()
     tagger, load_s = timed(lambda: Tagger.load(args.model, device=args.device, batch_size=args.batch_size,
                                                ocr_workers=args.workers))
-    stages = {"load": load_s}
+    stages = {"load": (load_s, cpu_now(tagger) - cpu)}
+
+    def measure(function) -> float:
+        before = cpu_now(tagger)
+        function()
+        return cpu_now(tagger) - before
+
     with tagger:
-        prepared = [tagger.prepare(r, i) for i, r in enumerate(rows)]
-        stages["text"], stages["decode"] = tagger.timings["text"], tagger.timings["decode"]
+        prepared = []
+        text_cpu = measure(lambda: prepared.extend(tagger.prepare(r, i) for i, r in enumerate(rows)))
+        stages["text"], stages["decode"] = (tagger.timings["text"], text_cpu), (tagger.timings["decode"], None)
         images = list({p.image_key: p.image for p in prepared if p.image is not None}.values())
         for group in IMAGE_GROUPS:
             if group in tagger.groups:
-                _, stages[group] = timed(lambda group=group: [
-                    tagger._group_features(group, images[i:i + args.batch_size])
-                    for i in range(0, len(images), args.batch_size)])
+                before = cpu_now(tagger)
+                _, wall = timed(lambda group=group: [tagger._group_features(group, images[i:i + args.batch_size])
+                                                     for i in range(0, len(images), args.batch_size)])
+                stages[group] = (wall, cpu_now(tagger) - before)
         for start in range(0, n, args.batch_size):          # the features, for the stages that read them
             tagger._features(prepared[start:start + args.batch_size])
+        embedding_cpu = 0.0
         if "text_embedding" in tagger.groups:
             posts = [Post(p.id, p.tokens, p.features.get("ocr", []), p.features.get("attributes", [])[:MAX_ATTRIBUTES],
                           [], True, 0, 0) for p in prepared]
             before = tagger.timings["text_embedding"]
-            for i in range(0, n, args.batch_size):
-                tagger._embed(posts[i:i + args.batch_size])
-            stages["text_embedding"] = tagger.timings["text_embedding"] - before
+            embedding_cpu = measure(lambda: [tagger._embed(posts[i:i + args.batch_size])
+                                             for i in range(0, n, args.batch_size)])
+            stages["text_embedding"] = (tagger.timings["text_embedding"] - before, embedding_cpu)
         before = tagger.timings["model"]
-        for i in range(0, n, args.batch_size):
-            tagger.rank(prepared[i:i + args.batch_size])
-        stages["model"] = tagger.timings["model"] - before     # the embeddings it computes again are not counted
+        model_cpu = measure(lambda: [tagger.rank(prepared[i:i + args.batch_size])
+                                     for i in range(0, n, args.batch_size)])
+        # the embeddings it computes again are not counted (their CPU: as measured just above)
+        stages["model"] = (tagger.timings["model"] - before, model_cpu - embedding_cpu)
         cpu = []
         for _ in range(20):
             start = time.process_time()
@@ -129,9 +163,10 @@ def end_to_end(args, rows: list[dict]) -> dict:
         params = {"model": str(args.model), "source": "posts", "input": str(posts), "output": str(Path(tmp, "out")),
                   "device": args.device, "ocr_workers": args.workers, "batch_size": args.batch_size}
         timings = Path(tmp, "timings.json")
+        cpu = children_cpu()
         subprocess.run([sys.executable, "-c", END_TO_END, repr(time.time()), json.dumps(params), str(timings)],
                        check=True)
-        out = json.loads(timings.read_text())
+        out = {**json.loads(timings.read_text()), "cpu": children_cpu() - cpu}    # its OCR workers included
         report = json.loads(Path(tmp, "out", "report.json").read_text())
     if not out["ok"] or report["tagged"] != len(rows) or report["images_rejected"]:
         raise RuntimeError(f"TagPosts tagged {report['tagged']} of {len(rows)} posts, images rejected: "
@@ -155,18 +190,22 @@ def main():
     imports = fresh_process_imports()
     e2e = end_to_end(args, rows)
 
-    total = sum(stages.values())
+    total = sum(wall for wall, _ in stages.values())
+    total_cpu = sum(cpu or 0.0 for _, cpu in stages.values())
     print(f"{args.model} ({about['config']}, reads {', '.join(about['groups']) or 'text only'}); {n} photo posts of "
           f"{args.corpus}; {about['images']} distinct images; device {args.device}\n")
-    print("| stage (alone) | seconds | ms per post |\n|---|---:|---:|")
-    for stage, seconds in stages.items():
-        print(f"| {stage} | {seconds:.2f} | {1000 * seconds / n:.1f} |")
+    print("| stage (alone) | seconds | ms per post | CPU seconds |\n|---|---:|---:|---:|")
+    for stage, (seconds, cpu) in stages.items():
+        print(f"| {stage} | {seconds:.2f} | {1000 * seconds / n:.1f} | "
+              + (f"{cpu:.2f} |" if cpu is not None else "with text |"))
     for group in IMAGE_GROUPS + ("text_embedding",):
         if group not in about["groups"]:
-            print(f"| {group} | not read by this model | |")
-    print(f"| **sum of the stages alone** | {total:.2f} | {1000 * total / n:.1f} |")
-    print(f"| imports alone (a fresh `{IMPORTS}`) | {imports:.2f} | {1000 * imports / n:.1f} |")
-    print(f"| **TagPosts end to end** (fresh process) | {e2e['wall']:.2f} | {1000 * e2e['wall'] / n:.1f} |")
+            print(f"| {group} | not read by this model | | |")
+    print(f"| **sum of the stages alone** | {total:.2f} | {1000 * total / n:.1f} | {total_cpu:.2f} |")
+    print(f"| imports alone (a fresh `{IMPORTS}`) | {imports[0]:.2f} | {1000 * imports[0] / n:.1f} | "
+          f"{imports[1]:.2f} |")
+    print(f"| **TagPosts end to end** (fresh process) | {e2e['wall']:.2f} | {1000 * e2e['wall'] / n:.1f} | "
+          f"{e2e['cpu']:.2f} |")
     print("\nwhere the end to end run's time went:\n\n| part | seconds |\n|---|---:|")
     print(f"| interpreter start, `import luigi, pipeline.tasks` | {e2e['imports']:.2f} |")
     print(f"| `import model.tagging` (torch, the model's modules, nltk for metrics) | {e2e['tagging_imports']:.2f} |")
@@ -177,9 +216,12 @@ def main():
     work = e2e["tasks"].get("TagCrawl", 0.0) + e2e["tasks"].get("TagShard", 0.0)
     fresh = e2e["imports"] + e2e["tagging_imports"]
     print(f"\nthe fresh process's imports: {fresh:.2f} s ({100 * fresh / e2e['wall']:.1f}% of the end to end wall); "
-          f"outside them, TagCrawl (the load, the crawl) and TagShard (every stage): {e2e['wall'] - fresh - work:.2f} s")
+          f"outside them, TagCrawl (the load, the crawl) and TagShard (every stage): "
+          f"{e2e['wall'] - fresh - work:.2f} s")
     print(f"end to end / sum of stages: {e2e['wall'] / total:.2f}x (target <= 1.15x); counting the fresh process's "
-          f"imports as a stage: {e2e['wall'] / (total + imports):.2f}x")
+          f"imports as a stage: {e2e['wall'] / (total + imports[0]):.2f}x")
+    print(f"CPU seconds, end to end / sum of stages: {e2e['cpu'] / total_cpu:.2f}x; counting the imports as a stage: "
+          f"{e2e['cpu'] / (total_cpu + imports[1]):.2f}x")
     print(f"API, one text-only post after loading: {about['api_cpu_ms']:.1f} ms CPU (median of {about['api_calls']}; "
           f"target < 50 ms)")
 
