@@ -1,6 +1,7 @@
 """One dataset built by several worker processes through a central scheduler (luigid on loopback).
 
-The sample corpus (the generator's smallest size) through the text stages and OCR, in shards of 40 posts:
+The sample corpus (the generator's smallest size) through the text stages, OCR and VGG grids (seeded random
+weights, small images), in shards of 40 posts:
 three `cmkp-worker` processes together, then a build whose worker is killed in the middle of an OCR shard.
 Each must run every task exactly once (the killed one once more, elsewhere) and give the same bytes as a
 single-worker build with the local scheduler.
@@ -22,8 +23,10 @@ from pipeline.cluster import loopback_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTS = 512
-BUILD = ["--module", "pipeline.tasks", "BuildDataset", "--source", "archive", "--features", '["ocr"]',
-         "--SplitPosts-shard-size", "40", "--workers", "1"]
+# OCR (a `cpu` task) and VGG grids from seeded random weights at 32 px (a `gpu` task, run on the CPU here)
+BUILD = ["--module", "pipeline.tasks", "BuildDataset", "--source", "archive", "--features", '["ocr", "vgg"]',
+         "--SplitPosts-shard-size", "40", "--ExtractVGG-vgg-weights", "random:0", "--ExtractVGG-vgg-image-size", "32",
+         "--ExtractVGG-device", "cpu", "--workers", "1"]
 # Luigi's worker log lines: "... Worker(...) running   Task(...)" and "... Worker(...) done      Task(...)"
 LOG_LINE = re.compile(r"\) (running|done) +(\w+\(.*\))$")
 TIMEOUT = 300
@@ -105,9 +108,10 @@ def test_three_workers_build_one_dataset_each_task_once(corpus, reference, luigi
     started = Counter(task for log in logs for task in task_lines(log, "running"))
     assert [task for task, n in started.items() if n > 1 and not task.startswith(DYNAMIC)] == []
     assert set(started) == set(done)
-    shard_tasks = [task for task in done if task.startswith("RunOCR(")]
-    assert len(shard_tasks) == len([f for f in reference if re.fullmatch(r"\w+/shard-\d+\.h5", f)])
-    busy = [log for log in logs if any(t.startswith(("RunOCR(", "TextShard(", "AssembleShard("))
+    n_shards = len([f for f in reference if re.fullmatch(r"\w+/shard-\d+\.h5", f)])
+    for family in ("RunOCR(", "ExtractVGG("):
+        assert len([task for task in done if task.startswith(family)]) == n_shards, family
+    busy = [log for log in logs if any(t.startswith(("RunOCR(", "ExtractVGG(", "TextShard(", "AssembleShard("))
                                        for t in task_lines(log, "done"))]
     assert len(busy) >= 2, "the shard tasks were not spread over the workers"
     assert dataset_files(out) == reference
