@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -556,6 +557,24 @@ def evaluate_best(out_dir: Path, data: Data, schedule: Schedule, seed: int, devi
     return metrics, model.config
 
 
+def code_revision() -> dict:
+    """The commit of the git checkout this code runs from, and whether its tracked files differ from it, so a
+    run says what made it; {"commit": None} for an installed copy outside any checkout."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None}
+    return {"commit": commit.strip(), "modified": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
 def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: int = 1,
           device: str = "auto", glove: str | None = None, allow_random_features: bool = False,
           log=print, progress: bool = True, resume: bool = False) -> dict:
@@ -629,7 +648,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
     metrics = None
     if ranks.main:
         metrics, best_config = evaluate_best(out_dir, data, state.schedule, seed, dev, config.batch_size)
-        write_json(out_dir / "run.json", {"config": best_config.to_dict(), "seed": seed,
+        write_json(out_dir / "run.json", {"config": best_config.to_dict(), "seed": seed, "code": code_revision(),
                                           "best_epoch": state.schedule.best_epoch, "history": state.history})
         write_json(out_dir / "metrics.json", metrics)
         log(f"best epoch {state.schedule.best_epoch}: " + "; ".join(

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -309,6 +311,10 @@ def test_small_model_overfits_to_f1_100(tmp_path):
                                  patience=30, lr=5e-3, batch_size=8)
     metrics = train(config, data_dir, tmp_path / "run", seed=1, device="cpu", log=lambda m: None, progress=False)
     assert metrics["valid"]["f1@1"] == pytest.approx(100.0)
+    # the run records the code that made it: this checkout's commit
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["code"]["commit"] == \
+        (head.stdout.strip() if head.returncode == 0 else None)
 
 
 def test_cli_train_predict_and_random_feature_refusal(tmp_path):
