@@ -1,4 +1,5 @@
 """Hashtag segmentation (pipeline/segment/) and the cmkp-segment command."""
+import configparser
 import os
 import shutil
 import subprocess
@@ -223,7 +224,12 @@ def test_installed_wheel_finds_its_mapping_list(tmp_path):
     (source / "data").mkdir(parents=True)
     for name in ("setup.cfg", "pyproject.toml", "README.md", "luigi.cfg", f"data/{MAPPING_FILE_NAME}"):
         shutil.copy(REPO / name, source / name)
-    for package in ("pipeline", "model", "workflows"):
+    # every top-level package setup.cfg ships
+    found = configparser.ConfigParser()
+    found.read(REPO / "setup.cfg")
+    packages = [name for name in found["options.packages.find"]["include"].split() if "." not in name]
+    assert {"durable", "pipeline", "model", "workflows"} <= set(packages)
+    for package in packages:
         shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", source],
