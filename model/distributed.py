@@ -67,6 +67,13 @@ class Ranks:
         if self.world > 1:
             dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group once every rank is done: a gloo group left to the interpreter's exit can
+        abort the process ("terminate called without an active exception") after its work is written."""
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 ONE_PROCESS = Ranks()      # training without torchrun
 

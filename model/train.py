@@ -653,4 +653,6 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, seed: 
         write_json(out_dir / "metrics.json", metrics)
         log(f"best epoch {state.schedule.best_epoch}: " + "; ".join(
             f"{n} F1@1 {m['f1@1']:.2f} F1@3 {m['f1@3']:.2f} MAP@5 {m['map@5']:.2f}" for n, m in metrics.items()))
-    return ranks.broadcast(metrics)
+    metrics = ranks.broadcast(metrics)
+    ranks.close()
+    return metrics
