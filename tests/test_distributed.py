@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fault_injection.test_training import RESUMABLE, assert_resumed_as_whole, finished_epochs
+from fault_injection.test_training import RESUMABLE, assert_resumed_as_whole, finished_epochs, resumable_run_paths
 from model.distributed import Ranks, global_term_scale
 from test_model import TINY, write_dataset
 
@@ -106,10 +106,7 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_a_killed_two_rank_run_resumes_bit_identical_to_an_uninterrupted_one(tmp_path):
-    data = write_dataset(tmp_path / "data")
-    config = tmp_path / "resumable.json"
-    config.write_text(json.dumps({"base": "gen-cls-m3h-att", **RESUMABLE}))
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    data, config, whole, killed = resumable_run_paths(tmp_path)
     done = torchrun(data, config, whole)
     assert done.wait(timeout=300) == 0, done.stderr.read()[-3000:]
 

@@ -64,6 +64,14 @@ def assert_same_tensors(a, b, where=""):
 
 
 @pytest.mark.timeout(300)
+def resumable_run_paths(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A tiny dataset, the RESUMABLE config file, and where the uninterrupted and the killed run go."""
+    data = write_dataset(tmp_path / "data")
+    config = tmp_path / "resumable.json"
+    config.write_text(json.dumps({"base": "gen-cls-m3h-att", **RESUMABLE}))
+    return data, config, tmp_path / "whole", tmp_path / "killed"
+
+
 def assert_resumed_as_whole(whole: Path, killed: Path) -> tuple[dict, dict]:
     """The resumed run's metrics, checkpoint and predictions are the uninterrupted run's bytes, and its training
     state the same tensors (timings aside); returns both training states."""
@@ -80,10 +88,7 @@ def assert_resumed_as_whole(whole: Path, killed: Path) -> tuple[dict, dict]:
 
 
 def test_a_killed_run_resumes_to_the_same_metrics_and_tensors(tmp_path):
-    data = write_dataset(tmp_path / "data")
-    config = tmp_path / "resumable.json"
-    config.write_text(json.dumps({"base": "gen-cls-m3h-att", **RESUMABLE}))
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    data, config, whole, killed = resumable_run_paths(tmp_path)
     done = cmkp_train(data, config, whole)
     assert done.wait(timeout=150) == 0, done.stderr.read()
 
