@@ -240,7 +240,8 @@ class Example:
     oov_word_ids: list[int]
     attrs: list[int]
     dec_in: list[list[int]]     # per keyphrase: <bos> w1 .. wn as word ids (the decoder's inputs)
-    dec_out: list[list[int]]    # per keyphrase: w1 .. wn <eos> as copy ids (the targets)
+    dec_out: list[list[int]]    # per keyphrase: w1 .. wn <eos> as copy ids (the targets; <unk> for a word outside
+                                # the generator vocabulary that the model cannot copy)
     labels: list[int]           # per keyphrase: its class id (0 = not a class)
 
 
@@ -266,7 +267,8 @@ def encode_post(post: Post, index: int, vocabs: Vocabularies, config: ModelConfi
     for kp in post.keyphrases:
         words = kp.split()
         dec_in.append([BOS] + [vocabs.words.id(w) for w in words])
-        dec_out.append([vocabs.gen.index.get(w, n_gen + oov[w] if w in oov else UNK) for w in words] + [EOS])
+        dec_out.append([vocabs.gen.index.get(w, n_gen + oov[w] if config.copy and w in oov else UNK)
+                        for w in words] + [EOS])
         labels.append(vocabs.labels.index.get(kp, 0))
     attrs = [vocabs.words.id(w) for w in post.attributes] if config.use_attributes else []
     return Example(index, [vocabs.words.id(w) for w in tokens], src_ext, list(oov),

@@ -174,7 +174,7 @@ class AttributePredictor:
 
         from pipeline.precision import resolve_precision
         from pipeline.shards import sha256_file
-        from pipeline.weights import pick_device, require_file
+        from pipeline.weights import build_loaded, pick_device, require_file
 
         path = require_file(checkpoint, "attribute predictor",
                             "Train one with the TrainAttributePredictor task (a COCO captions JSON and its images).")
@@ -184,9 +184,13 @@ class AttributePredictor:
         self.device = pick_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.batch_size = batch_size
-        model = getattr(torchvision.models, self.config.arch)(weights=None)
-        model.fc = torch.nn.Linear(model.fc.in_features, len(self.vocabulary))
-        model.load_state_dict(state["state_dict"])
+
+        def architecture():
+            model = getattr(torchvision.models, self.config.arch)(weights=None)
+            model.fc = torch.nn.Linear(model.fc.in_features, len(self.vocabulary))
+            return model
+
+        model = build_loaded(architecture, state["state_dict"])
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         if self.precision.name == "fp16":
             self.model = self.model.half()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -137,13 +139,35 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
     return attrs
 
 
+# (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> sha256, of the files this process hashed (sha256_file)
+_HASHED: dict[tuple[int, int, int, int, int], str] = {}
+_RACY_NS = 2_000_000_000   # a file changed this recently is hashed every time
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
-    """The hex sha256 of a file's bytes, read `block` bytes at a time (any size in bounded memory)."""
-    digest = hashlib.sha256()
+    """The hex sha256 of a file's bytes, read `block` bytes at a time (any size in bounded memory).
+
+    A file this process hashed before and that is unchanged since is not read again, so that a check and the
+    loader after it (a tagger's load checks each weights file, then builds from it) hash it once. Unchanged: the
+    same device, inode, size, mtime and ctime, the last of which every write moves and no caller can set. As git
+    does with its index, a file changed in the last seconds is hashed every time: the clock that stamps files
+    ticks coarsely, so two writes within one tick would look alike."""
     with open(path, "rb") as f:
+        before = _identity(os.fstat(f.fileno()))
+        if before in _HASHED:
+            return _HASHED[before]
+        digest = hashlib.sha256()
         while chunk := f.read(block):
             digest.update(chunk)
+        settled = before[4] < time.time_ns() - _RACY_NS
+        if settled and _identity(os.fstat(f.fileno())) == before:   # not written to while it was read
+            _HASHED[before] = digest.hexdigest()
     return digest.hexdigest()
+
 
 
 def check_finite(name: str, array: np.ndarray, post_ids) -> None:

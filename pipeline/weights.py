@@ -103,6 +103,36 @@ def load_state_dict(path: Path) -> dict:
     return state["state_dict"] if isinstance(state, dict) and "state_dict" in state else state
 
 
+def build_loaded(build: Callable[[], Any], state: dict):
+    """The module `build()` makes, holding `state`'s tensors, without the random initialisation that loading
+    would overwrite (seconds for a VGG-16): built on the meta device, then handed the tensors. A module that
+    makes tensors of its own outside its state dict (a detector's anchors, a non-persistent buffer) is built the
+    ordinary way."""
+    import torch
+
+    with torch.device("meta"):
+        model = build()
+    model.load_state_dict(state, assign=True)
+    if not _meta_tensors(model):
+        return model
+    model = build()
+    model.load_state_dict(state)
+    return model
+
+
+def _meta_tensors(model) -> list[str]:
+    """Names of the tensors a module still holds on the meta device: parameters, buffers and tensor attributes."""
+    import torch
+
+    found = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    for prefix, module in model.named_modules():
+        for attr, value in vars(module).items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, torch.Tensor) and v.is_meta for v in values):
+                found.append(f"{prefix}.{attr}" if prefix else attr)
+    return found
+
+
 def weights_file(enum_class, spec: str, component: str) -> Path:
     """The file a (non-random) weights spec names: an enum entry's file in the torch cache, or a local path.
     Raises `WeightsNotFoundError` where it is missing."""
@@ -143,8 +173,7 @@ def load_torchvision_model(builder: Callable[..., Any], enum_class, spec: str, c
     path = weights_file(enum_class, spec, component)
     entry = torchvision_weights(enum_class, spec)
     name, meta = (str(entry), weights_meta(entry)) if entry is not None else (str(path.resolve()), {})
-    model = builder(weights=None, **builder_kwargs)
-    model.load_state_dict(load_state_dict(path))
+    model = build_loaded(lambda: builder(weights=None, **builder_kwargs), load_state_dict(path))
     meta = {"architecture": builder.__name__, **meta}
     return model.eval(), WeightsInfo(name, sha256_file(path), False, meta)
 

@@ -130,6 +130,27 @@ def test_encoding_ocr_after_sep_and_copy_ids(data_dir):
     assert batch.dec_in.shape[0] == sum(len(p[1].split(";")) for p in POSTS)
 
 
+def test_a_model_without_copy_has_unk_for_a_target_word_it_cannot_generate(tmp_path):
+    """A DEV keyphrase word that no training keyphrase has ("sunset", which its post holds) is a copy target for a
+    model that copies, and <unk> for one that cannot (gen-att): its loss must not index past its vocabulary."""
+    from model.data import UNK
+
+    train_dir = write_dataset(tmp_path / "train")
+    valid_dir = write_dataset(tmp_path / "valid", splits=("valid",),
+                              posts=[(p[0], "sunset" if i == 2 else p[1], p[2], p[3]) for i, p in enumerate(POSTS)])
+    for name, copies in (("gen-copy", True), ("gen-att", False)):
+        config = dataclasses.replace(CONFIGS[name], **TINY)
+        vocabs = Vocabularies.build(read_split(train_dir, "train"), config)
+        valid = PostDataset(read_split(valid_dir, "valid"), vocabs, config)
+        sunset = valid.examples[2]
+        assert "sunset" not in vocabs.gen.index and "sunset" in sunset.oov
+        assert sunset.dec_out == [[len(vocabs.gen) + sunset.oov.index("sunset") if copies else UNK, EOS]], name
+        torch.manual_seed(0)
+        model = KeyphraseModel(config, vocabs)
+        losses = model(collate([valid[i] for i in range(len(valid))]))
+        assert torch.isfinite(losses["gen"]), name
+
+
 def words_index(vocabs, example, word):
     return [vocabs.words.words[i] for i in example.src].index(word)
 

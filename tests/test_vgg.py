@@ -55,6 +55,45 @@ def test_cache_and_local_file_load_the_same_weights_with_provenance(tmp_path, mo
     assert meta["num_categories"] == 1000 and "ImageClassification" in meta["transforms"]
 
 
+def test_loaded_weights_skip_the_random_init_they_replace(tmp_path, monkeypatch):
+    enum = torchvision.models.SqueezeNet1_1_Weights
+    reference, _ = weights.load_torchvision_model(torchvision.models.squeezenet1_1, enum, "random:3", "x")
+    path = tmp_path / "squeezenet.pth"
+    torch.save(reference.state_dict(), path)
+    initialised = []
+    for name in ("kaiming_uniform_", "normal_", "uniform_", "constant_"):
+        real = getattr(torch.nn.init, name)
+
+        def counting(tensor, *args, _real=real, **kwargs):
+            initialised.extend([tensor] if not tensor.is_meta else [])
+            return _real(tensor, *args, **kwargs)
+        monkeypatch.setattr(torch.nn.init, name, counting)
+    model, _ = weights.load_torchvision_model(torchvision.models.squeezenet1_1, enum, str(path), "x")
+    assert initialised == []                                      # no real tensor was randomly initialised
+    assert weights._meta_tensors(model) == []
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), reference.eval()(x))
+
+
+def test_a_module_making_its_own_tensors_is_built_the_ordinary_way():
+    class WithTable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 2)
+            self.register_buffer("table", torch.arange(3.0), persistent=False)   # not in the state dict
+
+        def forward(self, x):
+            return self.linear(x + self.table)
+
+    state = WithTable().state_dict()
+    model = weights.build_loaded(WithTable, state)
+    assert weights._meta_tensors(model) == [] and torch.equal(model.table, torch.arange(3.0))
+    assert torch.equal(model.linear.weight, state["linear.weight"])
+
+
 def test_same_seed_gives_same_random_weights():
     a, _ = weights.load_torchvision_model(torchvision.models.squeezenet1_1,
                                           torchvision.models.SqueezeNet1_1_Weights, "random:5", "x")
@@ -143,3 +182,42 @@ def test_weights_transform_option_crops_like_torchvision(fp32_extractor):
         fp32_extractor.config.resize = "lanczos"
     expected = torchvision.models.VGG16_Weights.IMAGENET1K_V1.transforms()(image)
     assert torch.equal(cropped, expected) and cropped.shape == (3, 224, 224)
+
+
+def test_an_unchanged_file_is_hashed_once_and_a_changed_one_again(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from pipeline import shards
+
+    reads, real = [], hashlib.sha256
+
+    class Counting:
+        def __init__(self):
+            self.digest = real()
+
+        def update(self, chunk):
+            reads.append(len(chunk))
+            self.digest.update(chunk)
+
+        def hexdigest(self):
+            return self.digest.hexdigest()
+
+    monkeypatch.setattr(shards.hashlib, "sha256", Counting)
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"a" * 100)
+    # written just now: hashed every time, so a rewrite of the same size within one clock tick is seen
+    assert shards.sha256_file(path) == real(b"a" * 100).hexdigest()
+    path.write_bytes(b"b" * 100)
+    assert shards.sha256_file(path) == real(b"b" * 100).hexdigest()
+    assert len(reads) == 2
+
+    monkeypatch.setattr(shards, "_RACY_NS", -10**18)    # as if written long ago
+    reads.clear()
+    assert shards.sha256_file(path) == shards.sha256_file(path) == real(b"b" * 100).hexdigest()
+    assert len(reads) == 1
+    with open(path, "r+b") as f:                        # changed in place, same size
+        f.write(b"c")
+    os.utime(path, ns=(1, 1))
+    assert shards.sha256_file(path) == real(b"c" + b"b" * 99).hexdigest()
+    assert len(reads) == 2
