@@ -557,20 +557,22 @@ def evaluate_best(out_dir: Path, data: Data, schedule: Schedule, seed: int, devi
     return metrics, model.config
 
 
-def code_revision() -> dict:
-    """The commit of the git checkout this code runs from, and whether its tracked files differ from it, so a
-    run says what made it; {"commit": None} for an installed copy outside any checkout."""
-    here = Path(__file__).resolve().parent
+def code_revision(source: str | Path = __file__) -> dict:
+    """The commit of the git checkout this code (`source`) runs from, and whether its tracked files differ from it,
+    so a run says what made it; {"commit": None} for a copy that no checkout tracks: an installed one, or one
+    exported into an ignored folder of some other checkout, whose HEAD says nothing of it."""
+    here = Path(source).resolve()
 
     def git(*args: str) -> str | None:
         try:
-            done = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=30)
+            done = subprocess.run(["git", "-C", str(here.parent), *args], capture_output=True, text=True,
+                                  timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             return None
         return done.stdout if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    if commit is None:
+    if commit is None or git("ls-files", "--error-unmatch", here.name) is None:
         return {"commit": None}
     return {"commit": commit.strip(), "modified": bool(git("status", "--porcelain", "--untracked-files=no"))}
 

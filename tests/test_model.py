@@ -338,6 +338,30 @@ def test_small_model_overfits_to_f1_100(tmp_path):
         (head.stdout.strip() if head.returncode == 0 else None)
 
 
+def test_a_run_records_the_commit_of_the_checkout_that_tracks_its_code(tmp_path):
+    from model.train import code_revision
+
+    repo = tmp_path / "repo"
+    (repo / "build" / "frozen").mkdir(parents=True)
+    (repo / ".gitignore").write_text("build/\n")
+    (repo / "train.py").write_text("# tracked\n")
+    (repo / "build" / "frozen" / "train.py").write_text("# an exported copy of other code\n")
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    git("add", ".gitignore", "train.py")
+    git("commit", "-qm", "x")
+    head = git("rev-parse", "HEAD")
+    assert code_revision(repo / "train.py") == {"commit": head, "modified": False}
+    # the checkout around an ignored copy has a HEAD, but it is not the copy's code
+    assert code_revision(repo / "build" / "frozen" / "train.py") == {"commit": None}
+    (repo / "train.py").write_text("# edited\n")
+    assert code_revision(repo / "train.py") == {"commit": head, "modified": True}
+    assert code_revision(tmp_path / "elsewhere.py") == {"commit": None}
+
+
 def test_cli_train_predict_and_random_feature_refusal(tmp_path):
     from model.cli import predict, train
     data_dir = write_dataset(tmp_path / "d", random_weights=True)
