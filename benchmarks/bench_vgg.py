@@ -4,17 +4,24 @@ authors' way (fp32, NCHW, batch 1, torch.no_grad), same images, same (random) we
     .venv/bin/python benchmarks/bench_vgg.py [--images 16] [--threads 1] [--precision auto|fp32|bf16]
 Prints which precision ours ran in and why (pipeline/precision.py: bf16 only on a CPU with native bf16),
 CPU seconds per image for both (time.process_time: one thread, so other processes on a shared machine inflate
-it less than wall time), the speed ratio, and the cosine similarity of our grids to fp32.
+it less than wall time), the speed ratio, and the cosine similarity of our grids to fp32. Then loading the
+weights from a state-dict file: ours (`build_loaded`: the network built on the meta device, then given the file's
+tensors) vs building it with its random init and loading over that; both read the same file, neither hashes it.
 """
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import skimage.data
 import torch
 from PIL import Image
 
+import torchvision
+
 from pipeline.vgg import VGGConfig, VGGGridExtractor
+from pipeline.weights import build_loaded, load_state_dict
 
 
 def main():
@@ -61,6 +68,25 @@ def main():
           f"{'auto chose it' if precision.requested == 'auto' else 'requested'})")
     print(f"cosine to fp32 per image           : min {cosine.min():.6f} mean {cosine.mean():.6f} (target >= 0.999)")
     print(f"cosine to fp32 per region vector   : min {region_cos.min():.6f} mean {region_cos.mean():.6f}")
+    load_weights(args.threads)
+
+
+def load_weights(threads: int):
+    """CPU seconds to load VGG-16 weights from a local file: the random init then the file vs the file alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "vgg16.pth")
+        torch.save(torchvision.models.vgg16(weights=None).state_dict(), path)
+        start = time.process_time()
+        baseline = torchvision.models.vgg16(weights=None)
+        baseline.load_state_dict(load_state_dict(path))
+        baseline_s = time.process_time() - start
+        start = time.process_time()
+        ours = build_loaded(lambda: torchvision.models.vgg16(weights=None), load_state_dict(path))
+        ours_s = time.process_time() - start
+        same = all(torch.equal(a, b) for a, b in zip(baseline.state_dict().values(), ours.state_dict().values()))
+    print(f"weights load, local file, {threads} thread(s): baseline (random init, then the file) {baseline_s:.2f} "
+          f"CPU-s, ours (meta device, then the file) {ours_s:.2f} CPU-s: {baseline_s / ours_s:.2f}x, "
+          f"same tensors: {same}")
 
 
 if __name__ == "__main__":
