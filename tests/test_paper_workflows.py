@@ -113,9 +113,16 @@ def test_table2_numbers_are_the_runs_metrics(suite):
     # P@1 3/8, R@1 (1 + 1/2 + 1) / 8
     p, r = 3 / 8, 2.5 / 8
     assert rows["ext-oracle"]["f1@1"]["mean"] == pytest.approx(100 * 2 * p * r / (p + r))
+    # each run's commit, as its run.json records it (this checkout's, or none outside one)
+    for name in ("cls-max", "gen-cls-m3h-att"):
+        codes = [json.loads((d / "run.json").read_text())["code"] for d in run_dirs(suite["work_dir"], name)]
+        assert rows[name]["commits"] == [c["commit"][:7] + ("+modified" if c["modified"] else "") if c["commit"]
+                                         else "unrecorded" for c in codes]
     markdown = (table_dir / "table2.md").read_text()
     f1 = rows["cls-max"]["f1@1"]
     assert f"| cls-max | text | {f1['mean']:.2f} ± {f1['std']:.2f}" in markdown
+    line = next(line for line in markdown.splitlines() if line.startswith("| cls-max |"))
+    assert line.endswith(f" | {', '.join(dict.fromkeys(rows['cls-max']['commits']))} |")
     assert "| cls-butd-max | butd |" in markdown and "skipped: needs butd features" in markdown
 
 
@@ -255,8 +262,14 @@ def test_table4_wording_deltas(tmp_path, config_trainer):
     for label, mean in (("none", 11.5), ("+OCR", 16.5), ("+attributes", 13.5), ("both", 18.5)):
         assert rows["gen-m3h-att", label]["f1@3"]["mean"] == pytest.approx(mean)
     assert rows["gen-m3h-att", "+OCR"]["delta"]["f1@3"] == pytest.approx(100 * 5 / 11.5)
-    assert rows["gen-m3h-att", "none"]["delta"]["f1@3"] is None
+    assert rows["gen-m3h-att", "none"]["delta"]["f1@3"] is None and rows["gen-m3h-att", "none"]["ttest"]["f1@3"] is None
+    # paired over seeds against no wordings: f1@1 does not depend on the wordings (no spread: no p), map@5 neither;
+    # f1@3 differs by the same 5 points on both seeds
+    ocr = rows["gen-m3h-att", "+OCR"]["ttest"]
+    assert ocr["f1@1"]["p"] is None and ocr["map@5"]["p"] is None
+    expected = ttest_rel(rows["gen-m3h-att", "+OCR"]["f1@3"]["values"], rows["gen-m3h-att", "none"]["f1@3"]["values"])
+    assert ocr["f1@3"]["p"] == pytest.approx(expected.pvalue) and ocr["f1@3"]["beats"] == (expected.pvalue < 0.05)
     # "both" is the named model itself (its own wordings): its runs are runs/<name>/, shared with other tables
     assert rows["cls-m3h-att", "both"]["config"] == "cls-m3h-att" and (work / "runs" / "cls-m3h-att").is_dir()
     markdown = (Path(task.output().path) / "table4.md").read_text()
-    assert "| gen-m3h-att | +OCR | " in markdown and "16.50 ± 0.71 | +43.5% |" in markdown
+    assert "| gen-m3h-att | +OCR | " in markdown and "16.50 ± 0.71 | +43.5%" in markdown

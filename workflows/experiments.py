@@ -300,14 +300,15 @@ def _last_line(path: Path) -> str:
 
 def summarize_runs(runs: list[dict], split: str) -> list[dict]:
     """Rows of mean and sample std (n - 1; None with a single seed) over seeds, per config, in
-    the order configs first appear. Each run: {"config", "seed", "metrics" (metrics.json),
-    "cpu_s" (the whole run), and per EPOCH_FIGURES key its mean over epochs or None}."""
+    the order configs first appear, with each seed's commit. Each run: {"config", "seed", "metrics"
+    (metrics.json), "cpu_s" (the whole run), "commit" (optional), and per EPOCH_FIGURES key its mean over
+    epochs or None}."""
     by_config: dict[str, list[dict]] = {}
     for run in runs:
         by_config.setdefault(run["config"], []).append(run)
     rows = []
     for config, group in by_config.items():
-        row = {"config": config, "seeds": [r["seed"] for r in group]}
+        row = {"config": config, "seeds": [r["seed"] for r in group], "commits": [r.get("commit") for r in group]}
         series = {k: [float(r["metrics"][split][k]) for r in group] for k in HEADLINE}
         series["cpu_s"] = [float(r["cpu_s"]) for r in group]
         for key in EPOCH_FIGURES:
@@ -358,11 +359,23 @@ def _epoch_means(run_dir: Path) -> dict:
 
 
 def read_run(task: TrainRun, target: DurableTarget) -> dict:
-    """A finished TrainRun as summarize_runs takes it: config, seed, CPU seconds, epoch means, metrics."""
+    """A finished TrainRun as summarize_runs takes it: config, seed, CPU seconds, epoch means, the commit of the
+    code that trained it, metrics."""
     run_dir = Path(target.path).parent
     run = json.loads((run_dir / WORKFLOW_RECORD).read_text())
     return {"config": task.config, "seed": task.seed, "cpu_s": run["cpu_s"], **_epoch_means(run_dir),
-            "metrics": json.loads(Path(target.path).read_text())}
+            "commit": run_commit(run_dir), "metrics": json.loads(Path(target.path).read_text())}
+
+
+def run_commit(run_dir: Path) -> str:
+    """The short commit run.json records for the code that trained the run (`+modified` where tracked files
+    differed from it), or `unrecorded` (a run made before run.json recorded it, by code no checkout tracks, or
+    by a trainer that writes no run.json)."""
+    path = run_dir / "run.json"
+    code = (json.loads(path.read_text()).get("code") or {}) if path.exists() else {}
+    if not code.get("commit"):
+        return "unrecorded"
+    return code["commit"][:7] + ("+modified" if code.get("modified") else "")
 
 
 class ResultsSummary(ExperimentTask):

@@ -225,7 +225,7 @@ class Table2(PaperTask):
         for row in table_rows:
             if row["status"] == "run":
                 stats = scores[row["row"]]
-                row.update({k: stats[k] for k in HEADLINE}, seeds=stats["seeds"],
+                row.update({k: stats[k] for k in HEADLINE}, seeds=stats["seeds"], commits=stats["commits"],
                            config=plan[row["row"]][0])
                 if row["row"] != self.full_model:
                     row["ttest"] = {k: paired_ttest(full[k]["values"], stats[k]["values"]) for k in HEADLINE}
@@ -293,7 +293,8 @@ class Table3(PaperTask):
 
 class Table4(PaperTask):
     """WORK/paper/table4/: image wordings (OCR tokens, attributes) added to each model: none, +OCR, +attributes,
-    both, with the change in percent of the score without them (table4.md, table4.json)."""
+    both, with the change in percent of the score without them and a paired t-test over seeds against it
+    (table4.md, table4.json)."""
 
     models = CommaListParameter(default=("cls-m3h-att", "gen-cls-m3h-att"))
 
@@ -307,14 +308,17 @@ class Table4(PaperTask):
                 for model in self.models for label, ocr, attributes in WORDINGS}
         scores = yield from self.plan_runs(plan)
 
-        from workflows.tables import percent_change, table4_markdown
+        from workflows.tables import paired_ttest, percent_change, table4_markdown
         rows = []
         for (model, label), stats in scores.items():
             reference = scores[model, "none"]
             rows.append({"model": model, "wordings": label, "config": plan[model, label][0], "seeds": stats["seeds"],
-                         **{k: stats[k] for k in HEADLINE},
+                         "commits": stats["commits"], **{k: stats[k] for k in HEADLINE},
                          "delta": {k: None if label == "none" else percent_change(stats[k]["mean"],
                                                                                   reference[k]["mean"])
+                                   for k in HEADLINE},
+                         "ttest": {k: None if label == "none" else paired_ttest(stats[k]["values"],
+                                                                                reference[k]["values"])
                                    for k in HEADLINE}})
         table = {"split": self.split, "seeds": list(self.seeds), "rows": rows}
         _write_dir(self.output(), {"table4.json": json.dumps(table, indent=1) + "\n",

@@ -51,25 +51,27 @@ def _p_cell(test: dict | None) -> str:
 
 def table2_markdown(table: dict) -> str:
     """Table 2: one line per row, mean ± sd over seeds; `*` marks a score the full model beats at p < 0.05
-    (paired t-test over seeds); skipped rows say why."""
+    (paired t-test over seeds); skipped rows say why; `code`: the commits that trained the row's runs."""
     full = table["full_model"]
     lines = [f"Scores on `{table['split']}` (percent), mean ± sample sd over seeds {table['seeds']}. p: paired "
              f"t-test over seeds (two-sided, scipy.stats.ttest_rel) of `{full}` against the row; `*`: `{full}` "
-             f"is better at p < {ALPHA}. Dataset feature groups: {', '.join(table['features']) or 'none'}.",
+             f"is better at p < {ALPHA}. Dataset feature groups: {', '.join(table['features']) or 'none'}. "
+             f"code: the commit each run's run.json records.",
              "",
              "| model | inputs | " + " | ".join(LABELS[k] for k in HEADLINE) + " | "
-             + " | ".join(f"p {LABELS[k]}" for k in HEADLINE) + " | note |",
-             "| --- | --- |" + " ---: |" * (2 * len(HEADLINE)) + " --- |"]
+             + " | ".join(f"p {LABELS[k]}" for k in HEADLINE) + " | note | code |",
+             "| --- | --- |" + " ---: |" * (2 * len(HEADLINE)) + " --- | --- |"]
     for row in table["rows"]:
         if row["status"] == "skipped":
             lines.append(f"| {row['row']} | {row['inputs']} |" + " – |" * (2 * len(HEADLINE))
-                         + f" skipped: {row['note']} |")
+                         + f" skipped: {row['note']} | |")
             continue
         tests = row.get("ttest") or {}
         scores = [_cell(row[k], 2) + (" *" if tests.get(k, {}).get("beats") else "") for k in HEADLINE]
         pvalues = [_p_cell(tests.get(k)) for k in HEADLINE]
+        code = ", ".join(dict.fromkeys(c or "unrecorded" for c in row.get("commits", [])))
         lines.append(f"| {row['row']} | {row['inputs']} | {' | '.join(scores)} | {' | '.join(pvalues)} | "
-                     f"{row['note']} |")
+                     f"{row['note']} | {code} |")
     return "\n".join(lines) + "\n"
 
 
@@ -104,15 +106,18 @@ def percent_change(value: float, reference: float) -> float | None:
 
 def table4_markdown(table: dict) -> str:
     """Table 4: for each model, its scores without image wordings, with OCR, with attributes and with both;
-    Δ is the change in percent of the score without wordings, as in the paper."""
+    Δ is the change in percent of the score without wordings, as in the paper; p the paired t-test against it."""
     lines = [f"Image wordings added to each model; scores on `{table['split']}` (percent), mean ± sample sd over "
-             f"seeds {table['seeds']}; Δ: change relative to the model without wordings.", "",
-             "| model | wordings | " + " | ".join(f"{LABELS[k]} | Δ" for k in HEADLINE) + " |",
-             "| --- | --- |" + " ---: | ---: |" * len(HEADLINE)]
+             f"seeds {table['seeds']}; Δ: change relative to the model without wordings; p: paired t-test over "
+             f"seeds (two-sided, scipy.stats.ttest_rel) against it, `*` where the wordings are better at "
+             f"p < {ALPHA}.", "",
+             "| model | wordings | " + " | ".join(f"{LABELS[k]} | Δ | p" for k in HEADLINE) + " |",
+             "| --- | --- |" + " ---: | ---: | ---: |" * len(HEADLINE)]
     for row in table["rows"]:
         cells = []
         for k in HEADLINE:
-            delta = row["delta"][k]
-            cells += [_cell(row[k], 2), "–" if delta is None else f"{delta:+.1f}%"]
+            delta, test = row["delta"][k], (row.get("ttest") or {}).get(k)
+            cells += [_cell(row[k], 2), "–" if delta is None else f"{delta:+.1f}%" + (" *" if test["beats"] else ""),
+                      _p_cell(test)]
         lines.append(f"| {row['model']} | {row['wordings']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
