@@ -1,7 +1,8 @@
 """VGG-16 conv5 grids: 7 x 7 x 512 -> (49, 512) region vectors per image, as the paper's image input.
 
 torchvision's `vgg16` with `VGG16_Weights.IMAGENET1K_V1` through the weights API (pipeline/weights.py: torch
-cache, local file or seeded random). Preprocessing: the authors resize the whole image to 224 x 224 with
+cache or local file); seeded random weights (`random[:SEED]`, tests and the demo) are its convolutional layers
+alone, initialised as torchvision initialises them, without the classifier a grid never reads. Preprocessing: the authors resize the whole image to 224 x 224 with
 LANCZOS (no crop) and normalise with the ImageNet mean/std; `resize="lanczos"` does that with the mean/std
 taken from the weights' own transforms, `resize="weights"` uses the weights' transforms as they are (resize the
 short side to 256, centre-crop 224 -- loses the image borders).
@@ -34,13 +35,35 @@ class VGGConfig:
     device: str = "auto"
 
 
+def random_features(seed: int):
+    """VGG-16's convolutional layers (conv1..conv5 + pool5) with torchvision's VGG initialisation, seeded, and
+    their WeightsInfo. Not the numbers of `vgg16(weights=None)`'s layers, which come after its 123M classifier
+    weights in the random stream: drawing those took most of the time of building a random extractor."""
+    import torch
+    import torchvision
+    from torchvision.models import vgg
+
+    from pipeline.weights import WeightsInfo
+
+    torch.manual_seed(seed)
+    features = vgg.make_layers(vgg.cfgs["D"])
+    for module in features.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            torch.nn.init.constant_(module.bias, 0)
+    enum = torchvision.models.VGG16_Weights
+    meta = {"architecture": "vgg16", "reference_weights": str(enum.DEFAULT), "transforms": repr(enum.DEFAULT.transforms()),
+            "init": "convolutional layers only, torchvision's VGG initialisation"}
+    return features, WeightsInfo(f"random(seed={seed})", "", True, meta)
+
+
 class VGGGridExtractor:
     def __init__(self, config: VGGConfig):
         import torch
         import torchvision
 
         from pipeline.precision import resolve_precision
-        from pipeline.weights import load_torchvision_model, pick_device
+        from pipeline.weights import load_torchvision_model, pick_device, random_seed
 
         if config.resize == "weights" and config.image_size != SIZE:
             raise ValueError(f"resize=weights crops to {SIZE}; image_size applies to resize=lanczos only")
@@ -48,9 +71,14 @@ class VGGGridExtractor:
         self.device = pick_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
         enum = torchvision.models.VGG16_Weights
-        model, self.weights = load_torchvision_model(torchvision.models.vgg16, enum, config.weights, "VGG-16")
+        seed = random_seed(config.weights)
+        if seed is None:
+            model, self.weights = load_torchvision_model(torchvision.models.vgg16, enum, config.weights, "VGG-16")
+            features = model.features
+        else:
+            features, self.weights = random_features(seed)
         # features (conv1..conv5 + pool5) and avgpool; the classifier is not needed for grids.
-        self.net = torch.nn.Sequential(model.features, model.avgpool).eval()
+        self.net = torch.nn.Sequential(features, torch.nn.AdaptiveAvgPool2d((GRID, GRID))).eval()
         self.net = self.net.to(self.device, memory_format=torch.channels_last)
         if self.precision.name == "fp16":
             self.net = self.net.half()

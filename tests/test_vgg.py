@@ -144,6 +144,24 @@ def test_grids_shape_dtype_layout_and_preprocessing(fp32_extractor):
     assert meta["reference_weights"] == "VGG16_Weights.IMAGENET1K_V1"
 
 
+def test_random_weights_are_vgg16s_layers_initialised_as_torchvision_does():
+    from pipeline.vgg import random_features
+
+    features, info = random_features(4)
+    with torch.device("meta"):
+        reference = torchvision.models.vgg16(weights=None).features
+    assert [(type(m), getattr(m, "weight", torch.empty(0)).shape) for m in features] == \
+        [(type(m), getattr(m, "weight", torch.empty(0)).shape) for m in reference]
+    convs = [m for m in features if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:          # kaiming normal, fan_out, ReLU gain: sd sqrt(2 / (out_channels x 3 x 3)); bias 0
+        expected = (2 / (conv.out_channels * 9)) ** 0.5
+        assert conv.weight.std().item() == pytest.approx(expected, rel=0.05) and not conv.bias.any()
+    again, _ = random_features(4)
+    other, _ = random_features(5)
+    assert torch.equal(convs[0].weight, again[0].weight) and not torch.equal(convs[0].weight, other[0].weight)
+    assert info.name == "random(seed=4)" and info.random and info.meta["init"].startswith("convolutional layers only")
+
+
 def test_forced_bf16_grids_within_cosine_0999_of_fp32(fp32_extractor):
     images = _photos()
     reference = fp32_extractor.extract(images)
