@@ -2,10 +2,10 @@
 
 torchvision's `vgg16` with `VGG16_Weights.IMAGENET1K_V1` through the weights API (pipeline/weights.py: torch
 cache or local file); seeded random weights (`random[:SEED]`, tests and the demo) are its convolutional layers
-alone, initialised as torchvision initialises them, without the classifier a grid never reads. Preprocessing: the authors resize the whole image to 224 x 224 with
-LANCZOS (no crop) and normalise with the ImageNet mean/std; `resize="lanczos"` does that with the mean/std
-taken from the weights' own transforms, `resize="weights"` uses the weights' transforms as they are (resize the
-short side to 256, centre-crop 224 -- loses the image borders).
+alone, initialised as torchvision initialises them, without the classifier a grid never reads. Preprocessing:
+the authors resize the whole image to 224 x 224 with LANCZOS (no crop) and normalise with the ImageNet mean/std;
+`resize="lanczos"` does that with the mean/std taken from the weights' own transforms, `resize="weights"` uses
+the weights' transforms as they are (resize the short side to 256, centre-crop 224 -- loses the image borders).
 
 Speed: batched, `torch.inference_mode`, channels-last; precision from pipeline/precision.py (`auto`: bf16 autocast
 on a CPU with native bf16, its agreement with fp32 measured by benchmarks/bench_vgg.py (README); fp32 on other CPUs;
@@ -52,7 +52,8 @@ def random_features(seed: int):
             torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             torch.nn.init.constant_(module.bias, 0)
     enum = torchvision.models.VGG16_Weights
-    meta = {"architecture": "vgg16", "reference_weights": str(enum.DEFAULT), "transforms": repr(enum.DEFAULT.transforms()),
+    meta = {"architecture": "vgg16", "reference_weights": str(enum.DEFAULT),
+            "transforms": repr(enum.DEFAULT.transforms()),
             "init": "convolutional layers only, torchvision's VGG initialisation"}
     return features, WeightsInfo(f"random(seed={seed})", "", True, meta)
 
