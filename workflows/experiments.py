@@ -347,10 +347,9 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _epoch_means(run_dir: Path) -> dict:
+def _epoch_means(record: dict) -> dict:
     """Mean over epochs of EPOCH_FIGURES from the trainer's run.json history (None if absent)."""
-    path = run_dir / "run.json"
-    history = json.loads(path.read_text()).get("history", []) if path.exists() else []
+    history = record.get("history", [])
     out = {}
     for key in EPOCH_FIGURES:
         values = [h[key] for h in history if key in h]
@@ -363,16 +362,17 @@ def read_run(task: TrainRun, target: DurableTarget) -> dict:
     code that trained it, metrics."""
     run_dir = Path(target.path).parent
     run = json.loads((run_dir / WORKFLOW_RECORD).read_text())
-    return {"config": task.config, "seed": task.seed, "cpu_s": run["cpu_s"], **_epoch_means(run_dir),
-            "commit": run_commit(run_dir), "metrics": json.loads(Path(target.path).read_text())}
+    path = run_dir / "run.json"                  # absent where a trainer writes none
+    record = json.loads(path.read_text()) if path.exists() else {}
+    return {"config": task.config, "seed": task.seed, "cpu_s": run["cpu_s"], **_epoch_means(record),
+            "commit": run_commit(record), "metrics": json.loads(Path(target.path).read_text())}
 
 
-def run_commit(run_dir: Path) -> str:
-    """The short commit run.json records for the code that trained the run (`+modified` where tracked files
-    differed from it), or `unrecorded` (a run made before run.json recorded it, by code no checkout tracks, or
-    by a trainer that writes no run.json)."""
-    path = run_dir / "run.json"
-    code = (json.loads(path.read_text()).get("code") or {}) if path.exists() else {}
+def run_commit(record: dict) -> str:
+    """The short commit a run.json record names for the code that trained the run (`+modified` where tracked
+    files differed from it), or `unrecorded` (a run made before run.json recorded it, by code no checkout tracks,
+    or by a trainer that writes no run.json)."""
+    code = record.get("code") or {}
     if not code.get("commit"):
         return "unrecorded"
     return code["commit"][:7] + ("+modified" if code.get("modified") else "")
