@@ -273,3 +273,7 @@ def test_table4_wording_deltas(tmp_path, config_trainer):
     assert rows["cls-m3h-att", "both"]["config"] == "cls-m3h-att" and (work / "runs" / "cls-m3h-att").is_dir()
     markdown = (Path(task.output().path) / "table4.md").read_text()
     assert "| gen-m3h-att | +OCR | " in markdown and "16.50 ± 0.71 | +43.5%" in markdown
+    # each line ends with the commits that trained its runs
+    line = next(x for x in markdown.splitlines() if x.startswith("| gen-m3h-att | +OCR | "))
+    assert line.endswith(f" | {', '.join(dict.fromkeys(rows['gen-m3h-att', '+OCR']['commits']))} |")
+    assert rows["gen-m3h-att", "+OCR"]["commits"] and all(rows["gen-m3h-att", "+OCR"]["commits"])

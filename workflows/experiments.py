@@ -301,14 +301,14 @@ def _last_line(path: Path) -> str:
 def summarize_runs(runs: list[dict], split: str) -> list[dict]:
     """Rows of mean and sample std (n - 1; None with a single seed) over seeds, per config, in
     the order configs first appear, with each seed's commit. Each run: {"config", "seed", "metrics"
-    (metrics.json), "cpu_s" (the whole run), "commit" (optional), and per EPOCH_FIGURES key its mean over
+    (metrics.json), "cpu_s" (the whole run), "commit" (`run_commit`'s; `unrecorded` where absent), and per EPOCH_FIGURES key its mean over
     epochs or None}."""
     by_config: dict[str, list[dict]] = {}
     for run in runs:
         by_config.setdefault(run["config"], []).append(run)
     rows = []
     for config, group in by_config.items():
-        row = {"config": config, "seeds": [r["seed"] for r in group], "commits": [r.get("commit") for r in group]}
+        row = {"config": config, "seeds": [r["seed"] for r in group], "commits": [r.get("commit", "unrecorded") for r in group]}
         series = {k: [float(r["metrics"][split][k]) for r in group] for k in HEADLINE}
         series["cpu_s"] = [float(r["cpu_s"]) for r in group]
         for key in EPOCH_FIGURES:

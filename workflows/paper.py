@@ -246,7 +246,7 @@ class Table2(PaperTask):
         sources = [" ".join(post.tokens + post.ocr) for post in split.posts]
         metrics = compute_metrics(oracle_predictions(gold, sources), gold)
         return {"row": ORACLE, "inputs": "text + OCR", "status": "run", "seeds": [],
-                "note": "gold keyphrases present in the post or its OCR text",
+                "commits": [], "note": "gold keyphrases present in the post or its OCR text",
                 **{k: {"mean": metrics[k], "std": None, "values": [metrics[k]]} for k in HEADLINE}}
 
 

@@ -49,6 +49,11 @@ def _p_cell(test: dict | None) -> str:
     return f"{test['p']:.3f}" if test["p"] >= 0.001 else f"{test['p']:.1e}"
 
 
+def _code_cell(row: dict) -> str:
+    """The distinct commits that trained a row's runs, in seed order (none for EXT-ORACLE, which trains nothing)."""
+    return ", ".join(dict.fromkeys(row["commits"]))
+
+
 def table2_markdown(table: dict) -> str:
     """Table 2: one line per row, mean ± sd over seeds; `*` marks a score the full model beats at p < 0.05
     (paired t-test over seeds); skipped rows say why; `code`: the commits that trained the row's runs."""
@@ -69,9 +74,8 @@ def table2_markdown(table: dict) -> str:
         tests = row.get("ttest") or {}
         scores = [_cell(row[k], 2) + (" *" if tests.get(k, {}).get("beats") else "") for k in HEADLINE]
         pvalues = [_p_cell(tests.get(k)) for k in HEADLINE]
-        code = ", ".join(dict.fromkeys(c or "unrecorded" for c in row.get("commits", [])))
         lines.append(f"| {row['row']} | {row['inputs']} | {' | '.join(scores)} | {' | '.join(pvalues)} | "
-                     f"{row['note']} | {code} |")
+                     f"{row['note']} | {_code_cell(row)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -106,18 +110,19 @@ def percent_change(value: float, reference: float) -> float | None:
 
 def table4_markdown(table: dict) -> str:
     """Table 4: for each model, its scores without image wordings, with OCR, with attributes and with both;
-    Δ is the change in percent of the score without wordings, as in the paper; p the paired t-test against it."""
+    Δ is the change in percent of the score without wordings, as in the paper; p the paired t-test against it;
+    `code`: the commits that trained the row's runs."""
     lines = [f"Image wordings added to each model; scores on `{table['split']}` (percent), mean ± sample sd over "
              f"seeds {table['seeds']}; Δ: change relative to the model without wordings; p: paired t-test over "
              f"seeds (two-sided, scipy.stats.ttest_rel) against it, `*` where the wordings are better at "
-             f"p < {ALPHA}.", "",
-             "| model | wordings | " + " | ".join(f"{LABELS[k]} | Δ | p" for k in HEADLINE) + " |",
-             "| --- | --- |" + " ---: | ---: | ---: |" * len(HEADLINE)]
+             f"p < {ALPHA}. code: the commit each run's run.json records.", "",
+             "| model | wordings | " + " | ".join(f"{LABELS[k]} | Δ | p" for k in HEADLINE) + " | code |",
+             "| --- | --- |" + " ---: | ---: | ---: |" * len(HEADLINE) + " --- |"]
     for row in table["rows"]:
         cells = []
         for k in HEADLINE:
             delta, test = row["delta"][k], (row.get("ttest") or {}).get(k)
             cells += [_cell(row[k], 2), "–" if delta is None else f"{delta:+.1f}%" + (" *" if test["beats"] else ""),
                       _p_cell(test)]
-        lines.append(f"| {row['model']} | {row['wordings']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['model']} | {row['wordings']} | " + " | ".join(cells) + f" | {_code_cell(row)} |")
     return "\n".join(lines) + "\n"
