@@ -124,7 +124,7 @@ def _stdin_posts(directory: Path) -> Path:
 @click.option("--locate", "locate", multiple=True, metavar="NAME=PATH",
               help="where something the run points to outside itself is now, when its recorded path is gone, "
                    "checked by sha256: attributes=PREDICTOR.pt, text_embedding=ENCODER_DIR, ocr=TESSDATA_DIR, "
-                   "segmenter:NAME=FILE (repeatable)")
+                   "vgg=VGG16.pth, butd=DETECTOR.pth, segmenter:NAME=FILE (repeatable)")
 def tag(run_dirs, input_file, out_file, top, device, score, batch_size, ocr_workers, threads, locate):
     import tempfile
 

@@ -23,9 +23,10 @@ language data, the sentence encoder's safetensors) against the sha256 the shards
 same seed rebuilds the same weights.
 
 A run directory is relocatable: what it carries (the checkpoint, `featurisation/`) is read relative to it, wherever
-it lies. What it points to outside itself (`LOCATABLE`: the attribute predictor, the sentence encoder's directory,
-Tesseract's language data; the segmenter's extra files) is found at its recorded path or, where that is gone,
-where the caller's `locate` places it, and checked by the same sha256 either way.
+it lies. What it points to outside itself (`LOCATABLE`: the VGG-16 and detector weights, the attribute predictor,
+the sentence encoder's directory, Tesseract's language data; the segmenter's extra files) is found at its recorded
+path (a torchvision weights entry: in the torch cache) or, where that is gone, where the caller's `locate` places
+it, and checked by the same sha256 either way.
 
 A feature group plugs in by having an entry in `GROUP_FILES` (how to find its weights file from its recorded
 provenance) and a builder in `model.tagging`.
@@ -198,14 +199,14 @@ def write_featurisation(data_dir: str | Path, run_dir: str | Path, config, train
 
 # ---- checking -------------------------------------------------------------------------------------------
 
-def _vgg_file(entry: dict) -> Path:
+def _vgg_file(entry: dict, place: Path | None = None) -> Path:
     import torchvision
 
     from pipeline.weights import spec_of, weights_file
-    return weights_file(torchvision.models.VGG16_Weights, spec_of(entry["weights"]), "VGG-16 (vgg features)")
+    return weights_file(torchvision.models.VGG16_Weights, spec_of(entry["weights"]), "VGG-16 (vgg features)", place)
 
 
-def _butd_file(entry: dict) -> Path:
+def _butd_file(entry: dict, place: Path | None = None) -> Path:
     from pipeline.weights import require_file, spec_of, weights_file
 
     meta = entry["meta"]
@@ -214,8 +215,10 @@ def _butd_file(entry: dict) -> Path:
 
         from pipeline.butd.torchvision_backend import DETECTORS
         enum = getattr(detection, DETECTORS[meta["detector"]])
-        return weights_file(enum, spec_of(entry["weights"]), f"BUTD torchvision backend ({meta['detector']})")
-    return require_file(entry["weights"], f"BUTD {meta.get('backend')} backend", "Use the training run's file.")
+        return weights_file(enum, spec_of(entry["weights"]), f"BUTD torchvision backend ({meta['detector']})",
+                            place)
+    return require_file(place or entry["weights"], f"BUTD {meta.get('backend')} backend",
+                        "Use the training run's file.")
 
 
 def _attributes_file(entry: dict, place: Path | None = None) -> Path:
@@ -246,9 +249,12 @@ def _text_embedding_file(entry: dict, place: Path | None = None) -> Path:
 GROUP_FILES = {"ocr": _ocr_file, "attributes": _attributes_file, "vgg": _vgg_file, "butd": _butd_file,
                TEXT_EMBEDDING: _text_embedding_file}
 # What a run points to outside itself by path, and which `locate` may place elsewhere (checked as recorded):
-# component -> what the given path is. VGG / BUTD torchvision weights are found by name in the torch cache.
+# component -> what the given path is. A torchvision weights entry is otherwise looked up in the torch cache.
 LOCATABLE = {"ocr": "Tesseract's tessdata directory (eng.traineddata)",
              "attributes": "the attribute predictor's file (the training dataset's work/attributes/predictor.pt)",
+             "vgg": "VGG-16's weights file (the torch cache's file of the recorded entry, or the recorded local file)",
+             "butd": "the detector's weights file (the torch cache's file of the recorded entry, or the recorded "
+                     "local file)",
              TEXT_EMBEDDING: "the sentence encoder's directory (model.safetensors, its tokenizer and pooling)"}
 SEGMENTER_FILES = ("segmenter_stats_from", "segmenter_learn_from")     # located as `segmenter:<file name>`
 
@@ -401,8 +407,7 @@ def check_featurisation(run_dir: str | Path, config, locate: dict[str, str | Pat
             located[group] = locate[group]
     for key in sorted(set(locate) - pointed):
         problems.append(f"locate {key}: not something this run points to outside itself (it points to: "
-                        f"{', '.join(sorted(pointed)) or 'nothing'}; seeded random weights and the torch cache's "
-                        f"VGG / BUTD weights need no place)")
+                        f"{', '.join(sorted(pointed)) or 'nothing'}; seeded random weights need no place)")
     if problems:
         raise FeaturisationError(f"{run_dir} cannot featurise new posts as its training posts were:\n  "
                                  + "\n  ".join(problems))

@@ -194,6 +194,7 @@ class Tagger:
         from pipeline.weights import spec_of
 
         meta = _loads(entry["meta"])
+        moved = place if place != entry["weights"] else ""   # where `locate` put the weights file, if it did
         if group == TEXT_EMBEDDING:
             from model.data import check_text_embedding, text_embedding_provenance
             from pipeline.text_embedding import TextEncoder
@@ -214,7 +215,7 @@ class Tagger:
             settings = {f.name: meta[f.name] for f in dataclasses.fields(VGGConfig) if f.name in meta}
             settings.update(weights=spec_of(entry["weights"]), precision=_device_precision(meta["precision"], device),
                             batch_size=batch_size, device=str(device))
-            extractor = VGGGridExtractor(VGGConfig(**settings))
+            extractor = VGGGridExtractor(VGGConfig(**settings), weights_place=moved or None)
             attrs = extractor.provenance()
             rebuilt = {"weights": attrs["vgg_weights"], "weights_sha256": attrs["vgg_weights_sha256"],
                        "meta": json.loads(attrs["vgg_meta"])}
@@ -228,7 +229,7 @@ class Tagger:
                       "max_size": meta.get("input_max_size"), "detector": meta.get("detector"),
                       "num_proposals": meta.get("proposals", {}).get("rpn_post_nms_top_n"),
                       "precision": _device_precision(meta.get("precision", "auto"), device),
-                      "res5_dilation": "dilation 2" in meta.get("feature", "")}
+                      "res5_dilation": "dilation 2" in meta.get("feature", ""), "weights_place": moved}
             from pipeline.butd import BACKENDS
             module, name = BACKENDS[meta["backend"]].split(":")
             import importlib

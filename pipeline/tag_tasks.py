@@ -33,7 +33,7 @@ FILTERS = ("none", "train")
 # The located files are checked against the run's record: where they lie does not change the tags.
 LOCATE_HELP = ('what the run points to outside itself, placed where its recorded path is gone, each checked by '
                'sha256: \'{"attributes": "PREDICTOR.pt", "text_embedding": "ENCODER_DIR", "ocr": "TESSDATA_DIR", '
-               '"segmenter:NAME": "FILE"}\'')
+               '"vgg": "VGG16.pth", "butd": "DETECTOR.pth", "segmenter:NAME": "FILE"}\'')
 _taggers: dict[tuple, object] = {}      # one loaded tagger per run and settings in this process
 
 

@@ -59,7 +59,9 @@ def random_features(seed: int):
 
 
 class VGGGridExtractor:
-    def __init__(self, config: VGGConfig):
+    def __init__(self, config: VGGConfig, weights_place: str | None = None):
+        """`weights_place`: where the file `config.weights` names lies instead (the tagger's `locate vgg=PATH`);
+        the provenance names `config.weights` all the same."""
         import torch
         import torchvision
 
@@ -74,7 +76,8 @@ class VGGGridExtractor:
         enum = torchvision.models.VGG16_Weights
         seed = random_seed(config.weights)
         if seed is None:
-            model, self.weights = load_torchvision_model(torchvision.models.vgg16, enum, config.weights, "VGG-16")
+            model, self.weights = load_torchvision_model(torchvision.models.vgg16, enum, config.weights, "VGG-16",
+                                                         place=weights_place)
             features = model.features
         else:
             features, self.weights = random_features(seed)

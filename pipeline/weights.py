@@ -133,10 +133,12 @@ def _meta_tensors(model) -> list[str]:
     return found
 
 
-def weights_file(enum_class, spec: str, component: str) -> Path:
-    """The file a (non-random) weights spec names: an enum entry's file in the torch cache, or a local path.
-    Raises `WeightsNotFoundError` where it is missing."""
+def weights_file(enum_class, spec: str, component: str, place: str | Path | None = None) -> Path:
+    """The file a (non-random) weights spec names: an enum entry's file in the torch cache, or a local path; or,
+    where the caller has placed that file elsewhere, `place`. Raises `WeightsNotFoundError` where it is missing."""
     entry = torchvision_weights(enum_class, spec)
+    if place is not None:
+        return require_file(place, component, f"It was given as the place of {entry or spec}.")
     if entry is not None:
         return require_file(
             cache_checkpoint_path(entry.url), component,
@@ -154,11 +156,13 @@ def spec_of(name: str) -> str:
 
 
 def load_torchvision_model(builder: Callable[..., Any], enum_class, spec: str, component: str,
-                           **builder_kwargs):
+                           place: str | Path | None = None, **builder_kwargs):
     """Build a torchvision model and load the weights a spec names. Returns (model, WeightsInfo).
 
     `builder` is e.g. `torchvision.models.vgg16`; `enum_class` its weights enum (for the cache file name, the
-    metadata and, with random weights, the reference metadata of the architecture's default weights).
+    metadata and, with random weights, the reference metadata of the architecture's default weights). `place`:
+    where the spec's file lies instead (a copy outside the torch cache, a moved local file); the provenance
+    still names the spec (the caller checks the file's sha256).
     """
     import torch
 
@@ -170,9 +174,12 @@ def load_torchvision_model(builder: Callable[..., Any], enum_class, spec: str, c
                 "transforms": repr(enum_class.DEFAULT.transforms())}
         return model.eval(), WeightsInfo(f"random(seed={seed})", "", True, meta)
 
-    path = weights_file(enum_class, spec, component)
+    path = weights_file(enum_class, spec, component, place)
     entry = torchvision_weights(enum_class, spec)
-    name, meta = (str(entry), weights_meta(entry)) if entry is not None else (str(path.resolve()), {})
+    if entry is not None:
+        name, meta = str(entry), weights_meta(entry)
+    else:
+        name, meta = str(Path(spec).expanduser().resolve()), {}
     model = build_loaded(lambda: builder(weights=None, **builder_kwargs), load_state_dict(path))
     meta = {"architecture": builder.__name__, **meta}
     return model.eval(), WeightsInfo(name, sha256_file(path), False, meta)

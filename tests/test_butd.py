@@ -1,6 +1,7 @@
 """Bottom-up-attention features: the shared box rule, the torchvision backend, the detectron2 backend."""
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
@@ -222,6 +223,27 @@ def test_detectron2_model_has_the_bottom_up_attention_architecture(detectron2_ru
 def test_detectron2_missing_weights_file_names_the_file(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="faster_rcnn_from_caffe_attr.pkl"):
         build_extractor(backend="detectron2", weights=str(tmp_path / "faster_rcnn_from_caffe_attr.pkl"), device="cpu")
+
+
+def test_detectron2_weights_placed_elsewhere_are_checked_there_before_anything_reads_them(tmp_path):
+    """`weights_place` (the tagger's `locate butd=PATH`): the placed file is the one checked, before detectron2 is
+    imported or the pickle read (so this needs no detectron2)."""
+    from pipeline.shards import sha256_file
+    from pipeline.weights import WeightsNotTrustedError
+
+    placed = tmp_path / "moved" / "faster_rcnn_from_caffe_attr.pkl"
+    placed.parent.mkdir()
+    placed.write_bytes(b"not the recorded pickle")
+    recorded = str(tmp_path / "recorded" / "faster_rcnn_from_caffe_attr.pkl")
+    with pytest.raises(WeightsNotTrustedError, match=rf"{re.escape(str(placed))} is a pickle file.*this file's is "
+                                                     rf"{sha256_file(placed)}"):
+        build_extractor(backend="detectron2", weights=recorded, weights_place=str(placed), device="cpu")
+    with pytest.raises(WeightsNotTrustedError, match=rf"{re.escape(str(placed))} has sha256 {sha256_file(placed)}, "
+                                                     rf"not the configured {'ab' * 32}"):
+        build_extractor(backend="detectron2", weights=recorded, weights_place=str(placed), weights_sha256="ab" * 32,
+                        device="cpu")
+    with pytest.raises(WeightsNotFoundError, match="faster_rcnn_from_caffe_attr.pkl"):
+        build_extractor(backend="detectron2", weights=recorded, device="cpu")
 
 
 # ---------------------------------------------------------------- torchvision backend's fast pieces

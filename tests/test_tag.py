@@ -195,6 +195,57 @@ def test_refusal_on_a_vgg_weights_file_of_another_checksum(runs, tmp_path):
     assert_tagposts_refused_before_any_work(run, tmp_path)
 
 
+def test_vgg_weights_from_the_torch_cache_are_found_there_or_located(runs, tmp_path, monkeypatch):
+    """A run whose VGG-16 grids came from a torchvision weights entry (in the torch cache): found there; moved out
+    of the cache, refused naming the file and `locate vgg=PATH`; located, the same tags, the provenance still the
+    entry's; a located file of other bytes refused by its sha256."""
+    import torch
+    import torchvision
+
+    from pipeline.vgg import VGGConfig, VGGGridExtractor
+    from pipeline.weights import cache_checkpoint_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    entry = torchvision.models.VGG16_Weights.IMAGENET1K_V1
+    cached = cache_checkpoint_path(entry.url)
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(5)
+    torch.save(torchvision.models.vgg16(weights=None).state_dict(), cached)
+    run = tmp_path / "run"
+    shutil.copytree(runs["image"], run)
+    record = json.loads((run / FEATURISATION).read_text())
+    recorded = record["groups"]["vgg"]
+    settings = {k: recorded["meta"][k] for k in ("resize", "image_size", "precision")}
+    attrs = VGGGridExtractor(VGGConfig(weights="IMAGENET1K_V1", device="cpu", **settings)).provenance()
+    recorded.update(weights=attrs["vgg_weights"], weights_sha256=attrs["vgg_weights_sha256"],
+                    meta=json.loads(attrs["vgg_meta"]))
+    record["random_weights"] = any(g["random_weights"] for name, g in record["groups"].items() if name != "vgg")
+    recorded["random_weights"] = False
+    (run / FEATURISATION).write_text(json.dumps(record))
+    assert recorded["weights"] == "VGG16_Weights.IMAGENET1K_V1"
+    rows = [{"id": "p1", "text": "Such a lovely cup with friends this morning #CoffeeTime",
+             "image": str(new_posts_file(tmp_path / "in").parent / "cup.jpg")}]
+    with Tagger.load(run, device="cpu", ocr_workers=1) as found:
+        expected = found.tag(rows)
+        assert found.describe()["located"] == {}
+    moved = tmp_path / "elsewhere" / "vgg16.pth"
+    moved.parent.mkdir()
+    cached.rename(moved)
+    with pytest.raises(FeaturisationError, match=rf"vgg: .*'vgg16-397923af\.pth' not found; expected at "
+                                                 rf"{re.escape(str(cached))}.*; if it moved, give its place: "
+                                                 rf"locate vgg=PATH"):
+        Tagger.load(run, device="cpu")
+    with Tagger.load(run, device="cpu", ocr_workers=1, locate={"vgg": str(moved)}) as located:
+        assert located.tag(rows) == expected
+        assert located.describe()["located"] == {"vgg": str(moved)}
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"other weights")
+    with pytest.raises(FeaturisationError, match=rf"vgg: weights {re.escape(str(other))} \(given: locate vgg="
+                                                 rf".*\) have sha256 [0-9a-f]{{64}}, the training shards' features "
+                                                 rf"came from sha256 {attrs['vgg_weights_sha256']}"):
+        Tagger.load(run, device="cpu", locate={"vgg": str(other)})
+
+
 def test_refusal_on_a_missing_attribute_predictor(runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(runs["image"], run)
@@ -494,6 +545,7 @@ def test_a_moved_run_tags_identically_with_what_it_points_to_located(runs, tmp_p
                                                      rf"'pooling': 'cls'.* not comparable with those of "
                                                      rf"{re.escape(str(encoder))} .*'pooling': 'mean'"):
             Tagger.load(run, device="cpu", locate={**locate, "text_embedding": str(other_encoder)})
+        # the run's VGG-16 weights are seeded random: nothing to place
         with pytest.raises(FeaturisationError, match=r"locate vgg: not something this run points to .*"
                                                      r"attributes, ocr, text_embedding"):
             Tagger.load(run, device="cpu", locate={**locate, "vgg": str(other)})

@@ -55,6 +55,31 @@ def test_cache_and_local_file_load_the_same_weights_with_provenance(tmp_path, mo
     assert meta["num_categories"] == 1000 and "ImageClassification" in meta["transforms"]
 
 
+def test_an_entry_placed_outside_the_cache_loads_from_there_under_the_entry_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    enum = torchvision.models.SqueezeNet1_1_Weights
+    reference, _ = weights.load_torchvision_model(torchvision.models.squeezenet1_1, enum, "random:3", "x")
+    cached = weights.cache_checkpoint_path(enum.IMAGENET1K_V1.url)
+    cached.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cached)
+    _, from_cache = weights.load_torchvision_model(torchvision.models.squeezenet1_1, enum, "IMAGENET1K_V1", "x")
+    placed = tmp_path / "elsewhere.pth"
+    cached.rename(placed)
+    model, info = weights.load_torchvision_model(torchvision.models.squeezenet1_1, enum, "IMAGENET1K_V1", "x",
+                                                 place=placed)
+    assert info == from_cache and info.name == "SqueezeNet1_1_Weights.IMAGENET1K_V1"
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)
+    # a moved local file: named as the spec, read from its place
+    _, info = weights.load_torchvision_model(torchvision.models.squeezenet1_1, enum, str(tmp_path / "gone.pth"), "x",
+                                             place=placed)
+    assert info.name == str((tmp_path / "gone.pth").resolve()) and info.sha256 == from_cache.sha256
+    with pytest.raises(weights.WeightsNotFoundError, match=r"'nowhere\.pth' not found.*given as the place of "
+                                                           r"SqueezeNet1_1_Weights\.IMAGENET1K_V1"):
+        weights.load_torchvision_model(torchvision.models.squeezenet1_1, enum, "IMAGENET1K_V1", "x",
+                                       place=tmp_path / "nowhere.pth")
+
+
 def test_loaded_weights_skip_the_random_init_they_replace(tmp_path, monkeypatch):
     enum = torchvision.models.SqueezeNet1_1_Weights
     reference, _ = weights.load_torchvision_model(torchvision.models.squeezenet1_1, enum, "random:3", "x")

@@ -236,11 +236,13 @@ class Detectron2Extractor:
     def __init__(self, weights: str, device: str = "auto", max_boxes: int = 36, min_boxes: int = 36,
                  conf_threshold: float = 0.2, seed: int = 0, min_size: int = 600, max_size: int = 1000,
                  object_vocab: str | None = None, attribute_vocab: str | None = None, num_proposals: int = 300,
-                 weights_sha256: str = ""):
+                 weights_sha256: str = "", weights_place: str = ""):
+        """`weights_place`: where the file `weights` names lies instead (the tagger's `locate butd=PATH`); the
+        provenance names `weights` all the same."""
         seed = weights_lib.random_seed(f"random:{seed}" if weights == "random" else weights)
         if seed is None:
             # detectron2 unpickles a .pkl: the file must be the configured one before anything reads it
-            path = weights_lib.require_file(weights, COMPONENT, HOW_TO_OBTAIN)
+            path = weights_lib.require_file(weights_place or weights, COMPONENT, HOW_TO_OBTAIN)
             sha256 = weights_lib.sha256_file(path)
             if path.suffix == ".pkl" and not weights_sha256:
                 raise weights_lib.WeightsNotTrustedError(
@@ -260,7 +262,7 @@ class Detectron2Extractor:
         if seed is None:
             self.model = build_model(self.cfg)
             self.unused_weight_keys = load_checked(self.model, path)
-            self.weights_info = weights_lib.WeightsInfo(str(path.resolve()), sha256, False)
+            self.weights_info = weights_lib.WeightsInfo(str(Path(weights).expanduser().resolve()), sha256, False)
         else:
             with torch.random.fork_rng():
                 torch.manual_seed(seed)

@@ -189,7 +189,9 @@ class TorchvisionExtractor:
                  min_boxes: int = 36, conf_threshold: float = 0.2, seed: int = 0,
                  detector: str = "fasterrcnn_resnet50_fpn", min_size: int = 600, max_size: int = 1000,
                  precision: str = "auto", res5_dilation: bool = False, weights_sha256: str = "",
-                 num_proposals: int = NUM_PROPOSALS):
+                 num_proposals: int = NUM_PROPOSALS, weights_place: str = ""):
+        """`weights_place`: where the file `weights` names lies instead (the tagger's `locate butd=PATH`); the
+        provenance names `weights` all the same."""
         import torch
         import torchvision.models.detection as detection
 
@@ -208,7 +210,7 @@ class TorchvisionExtractor:
         spec = f"random:{seed}" if weights == "random" else weights
         model, self.weights_info = weights_lib.load_torchvision_model(
             getattr(detection, detector), enum_class, spec, f"BUTD torchvision backend ({detector})",
-            weights_backbone=None, num_classes=len(enum_class.DEFAULT.meta["categories"]),
+            place=weights_place or None, weights_backbone=None, num_classes=len(enum_class.DEFAULT.meta["categories"]),
             min_size=min_size, max_size=max_size,
             rpn_pre_nms_top_n_test=PRE_NMS_PROPOSALS, rpn_post_nms_top_n_test=num_proposals)
         if not self.weights_info.random:
