@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -343,6 +344,12 @@ def test_detectron2_checkpoint_loads_back_to_the_same_features(detectron2_run, t
     prov = loaded.provenance()
     assert prov["random_weights"] is False and len(prov["weights_sha256"]) == 64
     assert prov["weights_unused_keys"] == []
+    # the file moved, given by its place (`locate butd=PATH`): the same features, the provenance the recorded one
+    placed = Path(path).rename(tmp_path / "moved.pth")
+    moved = build_extractor(backend="detectron2", weights=path, weights_place=str(placed), **D2_FROM_FILE)
+    np.testing.assert_array_equal(moved.extract(photos()[:1])[0]["features"], outputs[0]["features"])
+    assert moved.provenance()["weights"] == str(Path(path).resolve())
+    assert moved.provenance()["weights_sha256"] == prov["weights_sha256"]
 
 
 @pytest.mark.detectron2
