@@ -44,7 +44,8 @@ def table3_heatmap(table: dict, path: Path, key: str = "f1@1") -> Path:
     dims = sorted({k[2] for k in cells})
     values = list(cells.values())
     lo, hi = min(values), max(values)
-    fig, axes = plt.subplots(1, len(layers), squeeze=False,
+    # constrained: the axis labels and the colour bar fit inside the figure, whatever the panel count
+    fig, axes = plt.subplots(1, len(layers), squeeze=False, layout="constrained",
                              figsize=(HEATMAP_PANEL[0] * len(layers), HEATMAP_PANEL[1]))
     for ax, n_layers in zip(axes[0], layers):
         grid = [[cells.get((n_layers, h, d), float("nan")) for d in dims] for h in heads]
@@ -52,7 +53,8 @@ def table3_heatmap(table: dict, path: Path, key: str = "f1@1") -> Path:
         ax.set_xticks(range(len(dims)), [str(d) for d in dims])
         ax.set_yticks(range(len(heads)), [str(h) for h in heads])
         ax.set_xlabel("head dimension")
-        ax.set_ylabel("heads")
+        if ax is axes[0][0]:
+            ax.set_ylabel("heads")          # the panels share their rows
         ax.set_title(f"{n_layers} layer{'s' if n_layers > 1 else ''}", fontsize=9)
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
