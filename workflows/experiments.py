@@ -298,17 +298,21 @@ def _last_line(path: Path) -> str:
 # tables
 
 
+UNRECORDED = "unrecorded"      # the commit of a run whose record names none
+
+
 def summarize_runs(runs: list[dict], split: str) -> list[dict]:
     """Rows of mean and sample std (n - 1; None with a single seed) over seeds, per config, in
     the order configs first appear, with each seed's commit. Each run: {"config", "seed", "metrics"
-    (metrics.json), "cpu_s" (the whole run), "commit" (`run_commit`'s; `unrecorded` where absent), and per EPOCH_FIGURES key its mean over
-    epochs or None}."""
+    (metrics.json), "cpu_s" (the whole run), "commit" (`run_commit`'s; UNRECORDED where absent), and per
+    EPOCH_FIGURES key its mean over epochs or None}."""
     by_config: dict[str, list[dict]] = {}
     for run in runs:
         by_config.setdefault(run["config"], []).append(run)
     rows = []
     for config, group in by_config.items():
-        row = {"config": config, "seeds": [r["seed"] for r in group], "commits": [r.get("commit", "unrecorded") for r in group]}
+        row = {"config": config, "seeds": [r["seed"] for r in group],
+               "commits": [r.get("commit", UNRECORDED) for r in group]}
         series = {k: [float(r["metrics"][split][k]) for r in group] for k in HEADLINE}
         series["cpu_s"] = [float(r["cpu_s"]) for r in group]
         for key in EPOCH_FIGURES:
@@ -370,11 +374,11 @@ def read_run(task: TrainRun, target: DurableTarget) -> dict:
 
 def run_commit(record: dict) -> str:
     """The short commit a run.json record names for the code that trained the run (`+modified` where tracked
-    files differed from it), or `unrecorded` (a run made before run.json recorded it, by code no checkout tracks,
+    files differed from it), or UNRECORDED (a run made before run.json recorded it, by code no checkout tracks,
     or by a trainer that writes no run.json)."""
     code = record.get("code") or {}
     if not code.get("commit"):
-        return "unrecorded"
+        return UNRECORDED
     return code["commit"][:7] + ("+modified" if code.get("modified") else "")
 
 
